@@ -1,0 +1,73 @@
+# syntax=docker/dockerfile:1
+# Images for the LangGraph sidecar proxy and for the example agent app, from one file:
+#   docker build --target proxy -t langgraph-sidecar/proxy:0.1.0 .
+#   docker build --target agent -t langgraph-sidecar/agent:0.1.0 .
+# Dependencies come from deploy/docker/requirements-*.lock (every transitive package pinned;
+# regenerate with `python deploy/docker/lock.py` after changing pyproject.toml). Builds install
+# wheels only (--only-binary), so no compiler is needed in any stage. No HEALTHCHECK: Kubernetes
+# probes /healthz and /readyz on the admin port (see deploy/kubernetes/).
+# The base is an exact tag; where your registry tooling allows, also pin its digest (@sha256:...).
+
+FROM python:3.11.14-slim-bookworm AS base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_INPUT=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+# Numeric uid/gid so the kubelet can verify runAsNonRoot.
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin app
+
+# ---- build stages: a venv in /opt/venv; the final stages copy only that venv ----
+FROM base AS build-proxy
+WORKDIR /src
+COPY deploy/docker/requirements-proxy.lock ./requirements.lock
+RUN python -m venv /opt/venv \
+    && pip install --no-cache-dir --only-binary=:all: -r requirements.lock
+COPY pyproject.toml README.md ./
+COPY proxy ./proxy
+RUN pip install --no-cache-dir --no-deps . \
+    && pip check \
+    && python -c "import proxy, uvloop, httptools"
+
+FROM base AS build-agent
+WORKDIR /src
+COPY deploy/docker/requirements-agent.lock ./requirements.lock
+RUN python -m venv /opt/venv \
+    && pip install --no-cache-dir --only-binary=:all: -r requirements.lock
+COPY pyproject.toml README.md ./
+COPY proxy ./proxy
+COPY agent_app ./agent_app
+# The agent extra's packages are already in the lock (lock.py --check proves it), so `.` suffices.
+RUN pip install --no-cache-dir --no-deps . \
+    && pip check \
+    && python -c "import agent_app, langgraph, uvloop"
+
+# ---- the sidecar proxy ----
+FROM base AS proxy
+COPY --from=build-proxy /opt/venv /opt/venv
+COPY config.example.yaml /etc/sidecar/config.yaml
+COPY deploy/docker/drain_wait.py /opt/sidecar/drain_wait.py
+ENV PROXY_CONFIG=/etc/sidecar/config.yaml
+USER 10001:10001
+WORKDIR /tmp
+# 8080 traffic, 9090 admin (/healthz /readyz /metrics /status; never expose it to clients)
+EXPOSE 8080 9090
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["python", "-m", "proxy"]
+CMD ["--config", "/etc/sidecar/config.yaml"]
+
+# ---- the example LangGraph agent app ----
+FROM base AS agent
+COPY --from=build-agent /opt/venv /opt/venv
+COPY deploy/docker/drain_wait.py /opt/sidecar/drain_wait.py
+# SQLite checkpoints go to a volume (the root filesystem is read-only in Kubernetes).
+ENV AGENT_DB=/data/agent.db
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 2024
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["python", "-m", "agent_app"]
+CMD ["--host", "0.0.0.0", "--port", "2024"]

@@ -1,0 +1,1 @@
+"""An example LangGraph agent served over HTTP by aiohttp with the LangGraph Server API subset."""

@@ -1,0 +1,150 @@
+"""Thread and run records (the checkpointer holds conversation state; this holds the rest).
+
+They live in the same database as the checkpoints, so a restarted process or another replica
+sees the same threads and run statuses.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from typing import Any
+
+import aiosqlite
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS agent_app_threads (
+        thread_id TEXT PRIMARY KEY,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        status TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS agent_app_runs (
+        run_id TEXT PRIMARY KEY,
+        thread_id TEXT NOT NULL,
+        assistant_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        kwargs TEXT NOT NULL,
+        multitask_strategy TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS agent_app_runs_thread ON agent_app_runs (thread_id)",
+]
+_THREAD_COLUMNS = "thread_id, created_at, updated_at, metadata, status"
+_RUN_COLUMNS = "run_id, thread_id, assistant_id, status, metadata, kwargs, multitask_strategy, created_at, updated_at"
+
+
+def now() -> str:
+    """The current UTC time in the server's ISO format."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat()
+
+
+class Store:
+    """Thread and run records over SQL with ``?`` placeholders; subclasses supply the driver.
+
+    Rows come back as plain dicts with JSON columns decoded, shaped like the LangGraph server's
+    thread and run objects (minus the state values, which come from the checkpointer).
+    """
+
+    async def setup(self) -> None:
+        for statement in _SCHEMA:
+            await self._execute(statement, ())
+
+    async def create_thread(self, thread_id: str, metadata: dict[str, Any]) -> bool:
+        """Insert a thread; False (and no change) if it already exists."""
+        stamp = now()
+        count = await self._execute(
+            f"INSERT INTO agent_app_threads ({_THREAD_COLUMNS}) VALUES (?, ?, ?, ?, ?) ON CONFLICT (thread_id) DO NOTHING",
+            (thread_id, stamp, stamp, json.dumps(metadata), "idle"),
+        )
+        return count > 0
+
+    async def get_thread(self, thread_id: str) -> dict[str, Any] | None:
+        row = await self._fetchone(f"SELECT {_THREAD_COLUMNS} FROM agent_app_threads WHERE thread_id = ?", (thread_id,))
+        if row is None:
+            return None
+        return {**row, "metadata": json.loads(row["metadata"])}
+
+    async def update_thread(self, thread_id: str, *, status: str, metadata: dict[str, Any] | None = None) -> None:
+        if metadata is None:
+            await self._execute(
+                "UPDATE agent_app_threads SET status = ?, updated_at = ? WHERE thread_id = ?",
+                (status, now(), thread_id),
+            )
+        else:
+            await self._execute(
+                "UPDATE agent_app_threads SET status = ?, metadata = ?, updated_at = ? WHERE thread_id = ?",
+                (status, json.dumps(metadata), now(), thread_id),
+            )
+
+    async def create_run(self, run: dict[str, Any]) -> None:
+        await self._execute(
+            f"INSERT INTO agent_app_runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run["run_id"],
+                run["thread_id"],
+                run["assistant_id"],
+                run["status"],
+                json.dumps(run["metadata"]),
+                json.dumps(run["kwargs"]),
+                run["multitask_strategy"],
+                run["created_at"],
+                run["updated_at"],
+            ),
+        )
+
+    async def get_run(self, run_id: str) -> dict[str, Any] | None:
+        row = await self._fetchone(f"SELECT {_RUN_COLUMNS} FROM agent_app_runs WHERE run_id = ?", (run_id,))
+        if row is None:
+            return None
+        return {**row, "metadata": json.loads(row["metadata"]), "kwargs": json.loads(row["kwargs"])}
+
+    async def update_run(self, run_id: str, status: str) -> None:
+        await self._execute("UPDATE agent_app_runs SET status = ?, updated_at = ? WHERE run_id = ?", (status, now(), run_id))
+
+    async def _execute(self, sql: str, params: tuple[Any, ...]) -> int:
+        raise NotImplementedError
+
+    async def _fetchone(self, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+
+class SqliteStore(Store):
+    """:class:`Store` on an aiosqlite connection (its own, beside the checkpointer's)."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+        self._conn.row_factory = aiosqlite.Row
+
+    async def _execute(self, sql: str, params: tuple[Any, ...]) -> int:
+        cursor = await self._conn.execute(sql, params)
+        await self._conn.commit()
+        return cursor.rowcount
+
+    async def _fetchone(self, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
+        async with self._conn.execute(sql, params) as cursor:
+            row = await cursor.fetchone()
+        return dict(row) if row is not None else None
+
+
+class PostgresStore(Store):
+    """:class:`Store` on a psycopg pool shared with the Postgres checkpointer."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
+
+    async def _execute(self, sql: str, params: tuple[Any, ...]) -> int:
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(sql.replace("?", "%s"), params)
+            return cursor.rowcount
+
+    async def _fetchone(self, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
+        async with self._pool.connection() as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(sql.replace("?", "%s"), params)
+            return await cursor.fetchone()

@@ -1,0 +1,47 @@
+"""Per-request state that the layers share (one small object, no dict)."""
+from __future__ import annotations
+
+
+class Exchange:
+    """What the layers learn about one request as it passes.
+
+    Outer layers create it; inner layers fill it in (route, upstream timings, outcome); the
+    telemetry layer reads it once at the end. ``probe`` names the synthetic probe that made the
+    request, if any, so probes are counted apart from user traffic.
+    """
+
+    __slots__ = ("request_id", "method", "path", "route", "start", "upstream_start", "upstream_time",
+                 "ttfb", "status", "outcome", "error", "req_bytes", "resp_bytes", "headers_sent",
+                 "is_stream", "events", "first_event", "run_outcome", "content_location",
+                 "breaker", "probe", "attempts", "sent_any", "timeouts", "deadline", "client_ip",
+                 "upstream_failure", "body")
+
+    def __init__(self, request_id: str, method: str, path: str, start: float, probe: str | None = None):
+        self.request_id = request_id
+        self.method = method
+        self.path = path
+        self.route = None
+        self.start = start
+        self.upstream_start = 0.0
+        self.upstream_time = 0.0       # seconds spent waiting on the upstream (headers + body)
+        self.ttfb = None
+        self.status = 0
+        self.outcome = "ok"            # ok, or what went wrong: client_disconnect, idle_timeout, ...
+        self.error = None              # the exception that ended the exchange, if any
+        self.req_bytes = 0
+        self.resp_bytes = 0
+        self.headers_sent = False
+        self.is_stream = False
+        self.events = 0
+        self.first_event = None
+        self.run_outcome = None
+        self.content_location = None
+        self.breaker = None
+        self.probe = probe
+        self.attempts = 0
+        self.sent_any = False          # any request byte reached the upstream (retry safety)
+        self.timeouts = None
+        self.deadline = None
+        self.client_ip = None
+        self.upstream_failure = False  # the upstream misbehaved (breaker failure), even after headers
+        self.body = None               # a small request body, kept so a retry can resend it

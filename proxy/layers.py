@@ -1,0 +1,75 @@
+"""The small outer layers: request id, route, and the error table applied to responses."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from . import errors as E
+from .headers import request_id_from
+
+log = logging.getLogger("proxy.errors")
+
+
+class RequestId:
+    """Takes the client's X-Request-ID (when sane) or makes one; the forwarder sends it upstream
+    and back, the error layer puts it in every error body."""
+
+    def __init__(self, next_handler):
+        self.next = next_handler
+
+    async def __call__(self, request, ex):
+        ex.request_id = request_id_from(request.raw_headers)
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+        ex.client_ip = peer[0] if peer else None
+        return await self.next(request, ex)
+
+
+class RouteMatch:
+    """Names the request by the first matching route template (``other`` when none matches)."""
+
+    def __init__(self, next_handler, table):
+        self.next = next_handler
+        self.table = table
+
+    async def __call__(self, request, ex):
+        path = ex.path
+        q = path.find("?")
+        ex.route = self.table.match(ex.method, path if q < 0 else path[:q])
+        return await self.next(request, ex)
+
+
+class Errors:
+    """Turns every exception into the JSON error response of :mod:`proxy.errors`.
+
+    After the response has started, there is nothing left to send: the connection is aborted
+    (the forwarder already ended SSE streams with an error event where it could).
+    """
+
+    def __init__(self, next_handler):
+        self.next = next_handler
+
+    async def __call__(self, request, ex):
+        try:
+            return await self.next(request, ex)
+        except asyncio.CancelledError:
+            raise
+        except E.ClientGone:
+            raise asyncio.CancelledError() from None  # nobody to answer; aiohttp drops it quietly
+        except Exception as e:
+            if not isinstance(e, E.ProxyError):
+                log.exception("unexpected error while proxying", extra={"fields": {"request_id": ex.request_id}})
+            if ex.headers_sent:
+                tr = request.transport
+                if tr is not None:
+                    tr.abort()
+                raise asyncio.CancelledError() from None
+            status, etype = E.classify(e)
+            message = str(e) if isinstance(e, E.ProxyError) else "internal error in the proxy"
+            resp = web.Response(status=status, body=E.error_body(etype, message, ex.request_id),
+                                content_type="application/json")
+            resp.headers["X-Request-ID"] = ex.request_id
+            for k, v in getattr(e, "headers", ()):
+                resp.headers[k] = v
+            return resp

@@ -1,0 +1,118 @@
+"""Circuit breaking with pybreaker, plus the one-trial-at-a-time half-open rule.
+
+pybreaker lets every caller through while half-open; under 50 concurrent callers that is 50
+trials against an upstream that just failed. The gate here admits exactly one trial; the others
+get 503 at once, as while open.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timezone
+
+import pybreaker
+
+from .. import errors as E
+
+log = logging.getLogger("proxy.breaker")
+STATE_VALUE = {"closed": 0, "half-open": 1, "open": 2}
+
+
+class _CountedFailure(Exception):
+    """Raised inside ``calling()`` so pybreaker counts a failure that was not an exception
+    (a 5xx status, a stream cut mid-way, a run error inside a 200)."""
+
+
+class _Listener(pybreaker.CircuitBreakerListener):
+    def __init__(self, metrics):
+        self.metrics = metrics
+
+    def state_change(self, cb, old_state, new_state):
+        name = new_state.name
+        self.metrics.circuit_state.labels(cb.name).set(STATE_VALUE[name])
+        self.metrics.circuit_transitions.labels(cb.name, name).inc()
+        log.warning("circuit breaker state change", extra={"fields": {
+            "breaker": cb.name, "from": old_state.name if old_state else None, "to": name,
+            "fail_counter": cb.fail_counter}})
+
+
+class Breaker:
+    """One named circuit breaker: pybreaker state machine + half-open trial gate."""
+
+    def __init__(self, name: str, settings, metrics):
+        self.name = name
+        self.settings = settings
+        self.cb = pybreaker.CircuitBreaker(
+            fail_max=settings.fail_max, reset_timeout=settings.reset_timeout,
+            success_threshold=settings.success_threshold, name=name,
+            exclude=[asyncio.CancelledError, E.ClientFault], listeners=[_Listener(metrics)],
+            throw_new_error_on_trip=False)
+        self.failure_statuses = frozenset(settings.failure_statuses)
+        self.count_run_errors = settings.count_run_errors
+        self.trial_in_flight = False
+        metrics.circuit_state.labels(name).set(0)
+
+    @property
+    def state(self) -> str:
+        return self.cb.current_state
+
+    def retry_after(self) -> float:
+        opened = self.cb._state_storage.opened_at
+        if opened is None:
+            return self.settings.reset_timeout
+        elapsed = (datetime.now(timezone.utc) - opened).total_seconds()
+        return max(0.0, self.settings.reset_timeout - elapsed)
+
+    def admit(self, probe: bool = False, probe_may_trial: bool = False) -> bool:
+        """True if this call may go upstream; when True and the breaker is not closed, the caller
+        holds the single trial and must call :meth:`release_trial`."""
+        state = self.cb.current_state
+        if state == "closed":
+            return True
+        if state == "open" and self.retry_after() > 0:
+            return False
+        if self.trial_in_flight or (probe and not probe_may_trial):
+            return False
+        self.trial_in_flight = True
+        return True
+
+    def snapshot(self) -> dict:
+        return {"state": self.state, "fail_counter": self.cb.fail_counter,
+                "retry_after_seconds": round(self.retry_after(), 3) if self.state == "open" else 0,
+                "trial_in_flight": self.trial_in_flight, "fail_max": self.settings.fail_max,
+                "reset_timeout_seconds": self.settings.reset_timeout}
+
+
+class BreakerPolicy:
+    """Guards the upstream call with the route's breaker. Failures: connect errors, timeouts,
+    upstream resets, statuses in ``failure_statuses``, streams the upstream broke, and (when
+    configured) LangGraph run errors. A client that goes away is not a failure."""
+
+    def __init__(self, next_handler, breakers: dict[str, Breaker], *, metrics, probe_may_trial: bool):
+        self.next = next_handler
+        self.breakers = breakers
+        self.shed = metrics.shed
+        self.probe_may_trial = probe_may_trial
+
+    async def __call__(self, request, ex):
+        br = self.breakers.get(ex.route.breaker)
+        if br is None:
+            return await self.next(request, ex)
+        closed = br.cb.current_state == "closed"
+        if not closed:
+            if not br.admit(ex.probe is not None, self.probe_may_trial):
+                self.shed.labels("breaker_open").inc()
+                raise E.BreakerOpen(br.name, br.retry_after())
+        ex.breaker = br.name
+        try:
+            with br.cb.calling():
+                resp = await self.next(request, ex)
+                if (ex.upstream_failure or ex.status in br.failure_statuses
+                        or (br.count_run_errors and ex.run_outcome == "run_error")):
+                    raise _CountedFailure()
+            return resp
+        except _CountedFailure:
+            return resp
+        finally:
+            if not closed:
+                br.trial_in_flight = False

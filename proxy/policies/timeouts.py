@@ -1,0 +1,22 @@
+"""Timeout policy: fixes the request's deadline once, across all attempts.
+
+The timeouts themselves fire on the upstream connection (one timer per connection, armed by the
+forwarder from ``ex.route.timeouts``); this layer decides the total deadline that retries and the
+optional deadline header must respect.
+"""
+from __future__ import annotations
+
+
+class Timeouts:
+    """Sets ``ex.deadline`` (loop time) from the route's ``request`` timeout, once per request."""
+
+    def __init__(self, next_handler, loop):
+        self.next = next_handler
+        self.loop = loop
+
+    async def __call__(self, request, ex):
+        if ex.deadline is None:
+            total = ex.route.timeouts.request
+            if total:
+                ex.deadline = self.loop.time() + total
+        return await self.next(request, ex)

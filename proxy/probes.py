@@ -1,0 +1,319 @@
+"""Synthetic LLM probes: a real request through the agent whose answer must match.
+
+Each probe runs on its own schedule (first run at start-up, then every ``interval`` ± jitter)
+through the same upstream path as user traffic: the same connection pool, the route's circuit
+breaker (never taking the single half-open trial unless configured), the same timeout machinery
+and SSE scanner. Results feed readiness with hysteresis (``failure_threshold`` consecutive
+failures to fail, ``success_threshold`` passes to recover) and never liveness.
+
+Cost control: when real traffic on the probed route succeeded within the interval, the probe is
+skipped and counted as passed (passive health); ``max_per_hour`` caps synthetic calls.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import random
+import re
+import time
+
+from . import errors as E
+from .sse import SSEScanner
+
+log = logging.getLogger("proxy.probes")
+
+
+class ProbeState:
+    """What readiness and /status know about one probe."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.passing: bool | None = None       # None until the first verdict
+        self.ok_streak = 0
+        self.fail_streak = 0
+        self.last_error: str | None = None
+        self.last_success: float | None = None  # unix time
+        self.last_run: float | None = None
+        self.results: collections.deque = collections.deque(maxlen=10)
+        self.calls: collections.deque = collections.deque()  # monotonic times of synthetic calls (budget)
+        self.runs = 0
+
+    def record(self, passed: bool, error: str | None) -> None:
+        cfg = self.cfg
+        if passed:
+            self.ok_streak += 1
+            self.fail_streak = 0
+            self.last_success = time.time()
+            if self.passing is not True and self.ok_streak >= cfg.success_threshold:
+                self.passing = True
+        else:
+            self.fail_streak += 1
+            self.ok_streak = 0
+            self.last_error = error
+            if self.passing is not False and self.fail_streak >= cfg.failure_threshold:
+                self.passing = False
+
+    def snapshot(self) -> dict:
+        return {"passing": self.passing, "consecutive_failures": self.fail_streak,
+                "consecutive_successes": self.ok_streak, "last_error": self.last_error,
+                "last_success": self.last_success, "last_run": self.last_run, "runs": self.runs,
+                "recent": list(self.results)}
+
+
+def json_path_get(doc, path: str):
+    """``messages.-1.content`` → doc["messages"][-1]["content"]; KeyError/IndexError if absent."""
+    cur = doc
+    for part in path.split("."):
+        if isinstance(cur, list):
+            cur = cur[int(part)]
+        elif isinstance(cur, dict):
+            cur = cur[part]
+        else:
+            raise KeyError(part)
+    return cur
+
+
+class ProbeRunner:
+    """Runs every configured probe in the background; see the module docstring."""
+
+    def __init__(self, rt, clock=time.monotonic, sleep=asyncio.sleep):
+        self.rt = rt
+        self.clock = clock
+        self.sleep = sleep
+        self.states: dict[str, ProbeState] = {}
+        self.tasks: dict[str, asyncio.Task] = {}
+        self._sync_states()
+
+    def _sync_states(self) -> None:
+        new = {}
+        for p in self.rt.cfg.probes:
+            st = self.states.get(p.name)
+            if st is None:
+                st = ProbeState(p)
+            st.cfg = p
+            new[p.name] = st
+        self.states = new
+
+    def start(self) -> None:
+        for name, st in self.states.items():
+            if name not in self.tasks:
+                self.tasks[name] = self.rt.loop.create_task(self._loop(st))
+
+    def reconfigure(self) -> None:
+        """After a reload: stop removed probes, start new ones, keep the state of kept ones."""
+        self._sync_states()
+        for name in list(self.tasks):
+            self.tasks.pop(name).cancel()
+        self.start()
+
+    async def stop(self) -> None:
+        tasks = list(self.tasks.values())
+        self.tasks.clear()
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ---- readiness and status ----
+    def readiness_checks(self) -> list[dict]:
+        out = []
+        for name in self.rt.cfg.readiness.require_probes:
+            st = self.states.get(name)
+            if st is None:
+                continue
+            out.append({"name": f"probe:{name}", "ok": st.passing is True,
+                        "state": {True: "passing", False: "failing", None: "pending"}[st.passing],
+                        "last_error": st.last_error, "last_success": st.last_success,
+                        "consecutive_failures": st.fail_streak})
+        return out
+
+    def status(self) -> dict:
+        return {name: st.snapshot() for name, st in self.states.items()}
+
+    # ---- the schedule ----
+    async def _loop(self, st: ProbeState) -> None:
+        m = self.rt.metrics
+        m.probe_success.labels(st.cfg.name).set(0)
+        first = True
+        while True:
+            cfg = st.cfg
+            if not first:
+                delay = cfg.interval * (1 + random.uniform(-cfg.jitter, cfg.jitter))
+                await self.sleep(delay)
+            first = False
+            try:
+                await self.run_once(st)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a probe bug must not kill the schedule
+                log.exception("probe crashed", extra={"fields": {"probe": cfg.name}})
+
+    def _route(self, cfg):
+        return self.rt.pipeline.table.match(cfg.request.method, cfg.request.path.split("?")[0])
+
+    async def run_once(self, st: ProbeState) -> str:
+        """One scheduled probe: skip (passive/budget) or call; returns the result label."""
+        cfg = st.cfg
+        m = self.rt.metrics
+        name = cfg.name
+        route = self._route(cfg)
+        now = self.clock()
+        st.last_run = time.time()
+        if cfg.skip_if_recent_success:
+            last = self.rt.last_success.get(route.name)
+            if last is not None and self.rt.loop.time() - last < cfg.interval:
+                m.probe_runs.labels(name, "skipped_passive").inc()
+                self._verdict(st, True, None, "skipped_passive")
+                return "skipped_passive"
+        if cfg.max_per_hour is not None:
+            while st.calls and st.calls[0] <= now - 3600:
+                st.calls.popleft()
+            if len(st.calls) >= cfg.max_per_hour:
+                m.probe_runs.labels(name, "skipped_budget").inc()
+                st.results.append({"time": time.time(), "result": "skipped_budget"})
+                return "skipped_budget"
+        st.calls.append(now)
+        st.runs += 1
+        t0 = self.rt.loop.time()
+        try:
+            async with asyncio.timeout(cfg.timeout):
+                ok, error, first_event = await self._call(cfg, route)
+            result = "passed" if ok else "failed"
+        except TimeoutError:
+            ok, error, first_event, result = False, f"probe timed out after {cfg.timeout:g}s", None, "timeout"
+        except E.ProxyError as e:
+            ok, error, first_event = False, f"{e.type}: {e}", None
+            result = "timeout" if isinstance(e, E.UpstreamTimeout) else "failed"
+        duration = self.rt.loop.time() - t0
+        m.probe_duration_seconds.labels(name).observe(duration)
+        if first_event is not None:
+            m.probe_time_to_first_event_seconds.labels(name).observe(first_event)
+        m.probe_runs.labels(name, result).inc()
+        self._verdict(st, ok, error, result, duration)
+        if not ok:
+            log.warning("probe failed", extra={"fields": {"probe": name, "result": result, "error": error,
+                                                          "consecutive_failures": st.fail_streak}})
+        return result
+
+    def _verdict(self, st: ProbeState, ok: bool, error: str | None, result: str, duration: float | None = None) -> None:
+        m = self.rt.metrics
+        was = st.passing
+        st.record(ok, error)
+        st.results.append({"time": time.time(), "result": result, "error": error,
+                           "duration_seconds": round(duration, 4) if duration is not None else None})
+        m.probe_success.labels(st.cfg.name).set(1 if st.passing else 0)
+        if ok:
+            m.probe_last_success_timestamp_seconds.labels(st.cfg.name).set(st.last_success)
+        if was is not st.passing and st.passing is not None:
+            log.info("probe state change", extra={"fields": {"probe": st.cfg.name,
+                                                             "state": "passing" if st.passing else "failing"}})
+
+    # ---- one synthetic request ----
+    def _head(self, cfg, body: bytes) -> bytes:
+        rq = cfg.request
+        pool = self.rt.pool
+        lines = [f"{rq.method} {pool.base_path}{rq.path} HTTP/1.1".encode(), b"Host: " + pool.host_header]
+        names = {k.lower() for k in rq.headers}
+        for k, v in rq.headers.items():
+            lines.append(f"{k}: {v}".encode("latin-1"))
+        if rq.json is not None and "content-type" not in names:
+            lines.append(b"Content-Type: application/json")
+        lines.append(f"X-Sidecar-Probe: {cfg.name}".encode())
+        lines.append(f"X-Request-ID: probe-{cfg.name}-{int(time.time() * 1000)}".encode())
+        lines.append(b"Accept: text/event-stream, application/json")
+        if body or rq.method in ("POST", "PUT", "PATCH"):
+            lines.append(b"Content-Length: %d" % len(body))
+        return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+    async def _call(self, cfg, route):
+        """(ok, error, time to first event) of one real request through the upstream path."""
+        rq = cfg.request
+        body = json.dumps(rq.json).encode() if rq.json is not None else (rq.body or "").encode()
+        head = self._head(cfg, body)
+        br = self.rt.breakers.get(route.breaker)
+        trial = False
+        if br is not None and br.cb.current_state != "closed":
+            if not br.admit(probe=True, probe_may_trial=self.rt.cfg.circuit_breaker.half_open_probe_trial):
+                return False, f"circuit breaker {br.name!r} is open", None
+            trial = True
+        try:
+            if br is None:
+                return await self._exchange(cfg, route, head, None)
+            with br.cb.calling():
+                return await self._exchange(cfg, route, head, br)
+        except _BreakerFailure as f:
+            return f.verdict
+        finally:
+            if trial:
+                br.trial_in_flight = False
+
+    async def _exchange(self, cfg, route, head: bytes, br):
+        pool = self.rt.pool
+        t = route.timeouts
+        loop = self.rt.loop
+        start = loop.time()
+        conn = await pool.acquire()
+        try:
+            conn.begin(head, first_byte=cfg.timeout, total=cfg.timeout, total_kind="request",
+                       idle=t.idle, head_only=cfg.request.method == "HEAD")
+            status, raw = await conn.headers()
+            sse = any(k.lower() == b"content-type" and v.lower().startswith(b"text/event-stream") for k, v in raw)
+            scanner = SSEScanner() if sse else None
+            buf = bytearray()
+            first_event = None
+            limit = cfg.max_body_bytes
+            while True:
+                chunk = await conn.next_chunk()
+                if chunk is None:
+                    break
+                if scanner is not None and scanner.feed(chunk) and first_event is None:
+                    first_event = loop.time() - start
+                if len(buf) < limit:
+                    buf += chunk[: limit - len(buf)]
+        finally:
+            pool.release(conn)
+        verdict = self._check(cfg, status, bytes(buf), scanner)
+        if br is not None and (status in br.failure_statuses or
+                               (br.count_run_errors and scanner is not None and scanner.error_seen)):
+            raise _BreakerFailure((False, verdict[1] or f"status {status}", first_event))
+        return verdict[0], verdict[1], first_event
+
+    @staticmethod
+    def _check(cfg, status: int, body: bytes, scanner) -> tuple[bool, str | None]:
+        ex = cfg.expect
+        if ex.status is not None and status != ex.status:
+            return False, f"expected status {ex.status}, got {status}"
+        text = body.decode("utf-8", "replace")
+        if scanner is not None and scanner.error_seen:
+            return False, "the run stream ended with an error event"
+        if ex.body_regex is not None and not re.search(ex.body_regex, text):
+            return False, f"answer did not match body_regex {ex.body_regex!r}"
+        if ex.json_path is not None:
+            try:
+                doc = json.loads(_last_sse_data(text) if scanner is not None else text)
+                value = json_path_get(doc, ex.json_path)
+            except (ValueError, KeyError, IndexError, TypeError):
+                return False, f"answer has no value at json_path {ex.json_path!r}"
+            if ex.equals is not None and value != ex.equals:
+                return False, f"value at {ex.json_path!r} is not the expected one"
+            if ex.regex is not None and not re.search(ex.regex, str(value)):
+                return False, f"value at {ex.json_path!r} did not match {ex.regex!r}"
+        return True, None
+
+
+class _BreakerFailure(Exception):
+    def __init__(self, verdict):
+        self.verdict = verdict
+
+
+def _last_sse_data(text: str) -> str:
+    data = None
+    for block in re.split(r"\r?\n\r?\n", text):
+        lines = [ln[5:].lstrip() for ln in re.split(r"\r?\n", block) if ln.startswith("data:")]
+        if lines:
+            data = "\n".join(lines)
+    if data is None:
+        raise ValueError("no SSE data")
+    return data

@@ -1,0 +1,152 @@
+"""Counts and times every request, and writes its one access-log line.
+
+Runs inside the error layer, so it sees the exception that will become the error response and
+labels it with the same status. Every label comes from a bounded set (see :mod:`proxy.metrics`).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+from . import errors as E
+
+_STREAM_OUTCOME = {"idle": "idle_timeout", "event_idle": "event_idle_timeout", "stream": "stream_timeout"}
+
+
+class AccessLog:
+    """One JSON (or text) line per request on stdout, written without the logging module.
+
+    Lines are built with f-strings from values that are safe by construction (route names from
+    config, sanitized request ids, numbers); only the method may come raw from a client and is
+    JSON-escaped when unusual. Never a body, a header value or a query string. Buffered, flushed
+    every second and at exit.
+    """
+
+    def __init__(self, fmt: str = "json", stream=None):
+        self.fmt = fmt
+        self.out = stream or sys.stdout
+        self._flusher = None
+
+    def start(self, loop) -> None:
+        self._flusher = loop.create_task(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1)
+            self.flush()
+
+    def flush(self) -> None:
+        try:
+            self.out.flush()
+        except (OSError, ValueError):
+            pass
+
+    def write(self, ex, status: int, duration: float, outcome: str, probe: str | None) -> None:
+        method = ex.method if ex.method.isalpha() and len(ex.method) < 16 else json.dumps(ex.method)[1:-1]
+        route = ex.route.name if ex.route is not None else "other"
+        up = f"{ex.upstream_time:.6f}" if ex.upstream_time else "null"
+        ttfb = f"{ex.ttfb:.6f}" if ex.ttfb is not None else "null"
+        if self.fmt == "json":
+            line = (f'{{"time":{time.time():.3f},"type":"access","request_id":"{ex.request_id}",'
+                    f'"method":"{method}","route":"{route}","status":{status},"duration":{duration:.6f},'
+                    f'"upstream_duration":{up},"ttfb":{ttfb},"request_bytes":{ex.req_bytes},'
+                    f'"response_bytes":{ex.resp_bytes},"outcome":"{outcome}","attempts":{ex.attempts or 1}'
+                    + (f',"events":{ex.events}' if ex.is_stream else "")
+                    + (f',"run":"{ex.run_outcome}"' if ex.run_outcome else "")
+                    + (f',"probe":"{probe}"' if probe else "") + "}\n")
+        else:
+            line = (f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {ex.request_id} {method} {route} {status} "
+                    f"{duration * 1000:.1f}ms up={up} bytes={ex.req_bytes}/{ex.resp_bytes} {outcome}\n")
+        try:
+            self.out.write(line)
+        except (OSError, ValueError):
+            pass
+
+
+class Telemetry:
+    """Request metrics and the access log; the outcome vocabulary is decided here once."""
+
+    def __init__(self, next_handler, metrics, access_log: AccessLog | None, loop, exemplars: bool = False,
+                 on_success=None):
+        self.next = next_handler
+        self.m = metrics
+        self.access_log = access_log
+        self.loop = loop
+        self.exemplars = exemplars
+        self.on_success = on_success  # passive health for probes: route name → last success time
+
+    async def __call__(self, request, ex):
+        m = self.m
+        route = ex.route.name
+        in_flight, ttfb_h, overhead_h, req_bytes, resp_bytes = m.route_children(route)
+        in_flight.inc()
+        exc = None
+        try:
+            return await self.next(request, ex)
+        except BaseException as e:
+            exc = e
+            raise
+        finally:
+            in_flight.dec()
+            self._record(ex, route, exc, ttfb_h, overhead_h, req_bytes, resp_bytes)
+
+    def _record(self, ex, route, exc, ttfb_h, overhead_h, req_bytes, resp_bytes) -> None:
+        m = self.m
+        duration = time.monotonic() - ex.start
+        err = ex.error
+        if exc is not None:
+            if isinstance(exc, (asyncio.CancelledError, E.ClientGone)):
+                outcome = "client_disconnect"
+                status = ex.status if ex.headers_sent else 499
+            else:
+                err = exc
+                status, _ = E.classify(exc)
+                outcome = getattr(exc, "type", "internal_error")
+        else:
+            status = ex.status
+            outcome = "ok" if err is None else err.type
+        if ex.probe is None:
+            m.request_done(route, ex.method, status, duration,
+                           {"request_id": ex.request_id} if self.exemplars else None)
+            if ex.ttfb is not None:
+                ttfb_h.observe(ex.ttfb)
+                if ex.upstream_time:
+                    overhead_h.observe(max(0.0, duration - ex.upstream_time))
+            if ex.req_bytes:
+                req_bytes.inc(ex.req_bytes)
+            if ex.resp_bytes:
+                resp_bytes.inc(ex.resp_bytes)
+            if self.on_success is not None and exc is None and err is None and status < 500:
+                self.on_success(route)
+        if err is not None:
+            kind = getattr(err, "kind", None)
+            if isinstance(err, E.UpstreamTimeout):
+                m.timeouts.labels(route, kind).inc()
+            elif kind is not None:
+                m.upstream_errors.labels(route, kind).inc()
+        if ex.is_stream:
+            if outcome == "client_disconnect":
+                s_out = "client_disconnect"
+            elif isinstance(err, E.UpstreamTimeout):
+                s_out = _STREAM_OUTCOME.get(err.kind, "upstream_error")
+            elif err is not None:
+                s_out = "upstream_error"
+            else:
+                s_out = "completed"
+            m.streams.labels(route, s_out).inc()
+            m.stream_duration_seconds.labels(route).observe(duration)
+            if ex.events:
+                m.stream_events.labels(route).inc(ex.events)
+            if ex.first_event is not None:
+                m.stream_time_to_first_event_seconds.labels(route).observe(ex.first_event)
+        if ex.route.run_kind is not None and ex.headers_sent and 200 <= status < 300:
+            run = ex.run_outcome
+            if run is None:
+                run = "client_disconnect" if outcome == "client_disconnect" else (
+                    "upstream_error" if err is not None else "success")
+                ex.run_outcome = run
+            m.runs.labels(route, run).inc()
+        if self.access_log is not None:
+            self.access_log.write(ex, status, duration, outcome, ex.probe)

@@ -1,0 +1,428 @@
+"""Keep-alive connection pool to the one upstream, parsed by httptools (llhttp, in C).
+
+Why not aiohttp's ClientSession: per proxied request it costs several times the CPU of this
+minimal client (see docs/benchmarks.md). This module does one thing: send a request head and body
+on a pooled connection and hand back the response head and body chunks, with the timeouts the
+caller armed enforced by one timer per connection (no per-chunk ``wait_for``).
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+import ssl
+from urllib.parse import urlsplit
+
+import httptools
+
+from .errors import UpstreamConnectError, UpstreamProtocolError, UpstreamReset, UpstreamTimeout
+
+_HIGH_WATER = 64        # queued body chunks before we stop reading from the upstream socket
+_LOW_WATER = 8
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One HTTP/1.1 connection; serves one exchange at a time.
+
+    Contract: ``begin()`` arms timeouts and writes the head; ``write_body``/``drain`` send the body;
+    ``await headers()`` returns ``(status, raw_headers)``; ``await next_chunk()`` yields body bytes
+    and ``None`` at the end. Any failure (reset, parse error, a timeout firing) is raised from the
+    next await as an :mod:`proxy.errors` exception that says what happened.
+    """
+
+    __slots__ = ("pool", "transport", "parser", "loop", "status", "raw_headers", "hdr_fut",
+                 "chunks", "waiter", "done", "closed", "error", "paused", "keep_alive", "reused",
+                 "idle_since", "last_rx", "last_event", "received_any", "head_only",
+                 "_write_paused", "_drain_waiter", "_timer", "first_byte_at", "total_at",
+                 "total_kind", "idle", "event_idle", "stalled", "upgrade", "eof_body")
+
+    def __init__(self, pool: "UpstreamPool"):
+        self.pool = pool
+        self.loop = pool.loop
+        self.transport = None
+        self.parser = None
+        self.closed = False
+        self.reused = False
+        self.idle_since = 0.0
+        self._write_paused = False
+        self._drain_waiter = None
+        self._timer = None
+        self._reset_exchange()
+
+    def _reset_exchange(self) -> None:
+        self.status = 0
+        self.raw_headers = []
+        self.hdr_fut = None
+        self.chunks = collections.deque()
+        self.waiter = None
+        self.done = False
+        self.error = None
+        self.paused = False
+        self.keep_alive = False
+        self.received_any = False
+        self.head_only = False
+        self.first_byte_at = None
+        self.total_at = None
+        self.total_kind = "request"
+        self.idle = None
+        self.event_idle = None
+        self.last_rx = 0.0
+        self.last_event = 0.0
+        self.stalled = False
+        self.upgrade = False
+        self.eof_body = False
+
+    # ---- asyncio.Protocol ----
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.received_any = True
+        self.last_rx = self.loop.time()
+        if self.parser is None:
+            # bytes while idle in the pool: the server is not speaking HTTP/1.1 keep-alive properly
+            self.closed = True
+            self.transport.abort()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass
+        except httptools.HttpParserError as e:
+            self._fail(UpstreamProtocolError(f"malformed response from upstream: {e}"))
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self._cancel_timer()
+        if not self.done:
+            if self.eof_body and self.status:
+                # a body delimited by connection close (no Content-Length, not chunked): EOF ends it
+                self.keep_alive = False
+                self.on_message_complete()
+            else:
+                self._fail(UpstreamReset("upstream closed the connection" + (f": {exc}" if exc else "")))
+        w = self._drain_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        w = self._drain_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # ---- httptools callbacks ----
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.raw_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        p = self.parser
+        self.status = p.get_status_code()
+        if 100 <= self.status < 200 and self.status != 101:
+            # interim response (103 Early Hints, a stray 100): not the answer, keep waiting
+            self.raw_headers = []
+            self.status = 0
+            return
+        self.keep_alive = p.should_keep_alive()
+        self.upgrade = p.should_upgrade()
+        self.first_byte_at = None
+        if not self.head_only and self.status not in (204, 304):
+            framed = False
+            for k, _ in self.raw_headers:
+                kl = k.lower()
+                if kl == b"content-length" or kl == b"transfer-encoding":
+                    framed = True
+                    break
+            self.eof_body = not framed
+        f = self.hdr_fut
+        if f is not None and not f.done():
+            f.set_result(None)
+        if self.head_only:
+            self.on_message_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        if len(self.chunks) > _HIGH_WATER and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def on_message_complete(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._cancel_timer()
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # ---- failure and timers ----
+    def _fail(self, exc: Exception) -> None:
+        if self.done:
+            return
+        self.error = exc
+        self.done = True
+        self.keep_alive = False
+        self._cancel_timer()
+        f = self.hdr_fut
+        if f is not None and not f.done():
+            f.set_exception(exc)
+            f.exception()  # mark retrieved: a caller that already left must not log "never retrieved"
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm(self) -> None:
+        """Schedule the one timer at the earliest moment any armed timeout could fire."""
+        when = None
+        for t in (self.first_byte_at, self.total_at,
+                  (self.last_rx + self.idle) if (self.idle and not self.first_byte_at and not self.stalled) else None,
+                  (self.last_event + self.event_idle) if (self.event_idle and not self.first_byte_at) else None):
+            if t is not None and (when is None or t < when):
+                when = t
+        self._cancel_timer()
+        if when is not None and not self.done:
+            self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.done:
+            return
+        now = self.loop.time()
+        if self.first_byte_at is not None and now >= self.first_byte_at:
+            return self._fail(UpstreamTimeout("first_byte"))
+        if self.total_at is not None and now >= self.total_at:
+            return self._fail(UpstreamTimeout(self.total_kind))
+        if self.first_byte_at is None:
+            if self.idle and not self.stalled and now >= self.last_rx + self.idle:
+                return self._fail(UpstreamTimeout("idle"))
+            if self.event_idle and now >= self.last_event + self.event_idle:
+                return self._fail(UpstreamTimeout("event_idle"))
+        self._arm()
+
+    # ---- the exchange API ----
+    def begin(self, head: bytes, *, first_byte: float | None, total: float | None, total_kind: str,
+              idle: float | None, head_only: bool) -> None:
+        """Write the request head and arm the timeouts (seconds from now; None = off)."""
+        self._reset_exchange()
+        self.parser = httptools.HttpResponseParser(self)
+        self.head_only = head_only
+        self.hdr_fut = self.loop.create_future()
+        now = self.loop.time()
+        self.last_rx = self.last_event = now
+        self.idle = idle
+        self.first_byte_at = now + first_byte if first_byte else None
+        if total:
+            self.total_at = now + total
+            self.total_kind = total_kind
+        self.transport.write(head)
+        if self.first_byte_at is not None or self.total_at is not None:
+            self._arm()
+
+    def set_stream_timeouts(self, *, total: float | None, total_kind: str, idle: float | None,
+                            event_idle: float | None) -> None:
+        """After headers: switch to the stream's own limits (its max duration, event idle)."""
+        now = self.loop.time()
+        self.idle = idle
+        self.event_idle = event_idle
+        self.last_event = now
+        self.total_at = now + total if total else None
+        self.total_kind = total_kind
+        self._arm()
+
+    def write_body(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self._write_paused and not self.closed:
+            self._drain_waiter = self.loop.create_future()
+            await self._drain_waiter
+            self._drain_waiter = None
+        if self.error is not None:
+            raise self.error
+
+    async def headers(self):
+        await self.hdr_fut
+        return self.status, self.raw_headers
+
+    async def next_chunk(self) -> bytes | None:
+        chunks = self.chunks
+        while not chunks:
+            if self.done:
+                if self.error is not None:
+                    raise self.error
+                return None
+            self.waiter = self.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        if self.paused and len(chunks) <= _LOW_WATER:
+            self.paused = False
+            self.transport.resume_reading()
+        return chunks.popleft()
+
+    def stall(self, stalled: bool) -> None:
+        """The client is not reading (write backpressure): idle time is not the upstream's fault."""
+        self.stalled = stalled
+        if not stalled:
+            self.last_rx = self.loop.time()
+
+    def reusable(self) -> bool:
+        return self.done and self.error is None and not self.closed and self.keep_alive and not self.upgrade
+
+    def abort(self) -> None:
+        self._cancel_timer()
+        self.done = True
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
+
+
+class UpstreamPool:
+    """A bounded LIFO pool of keep-alive connections to one ``http(s)://host:port``.
+
+    ``acquire()`` returns an idle connection that is younger than ``keepalive_timeout`` or opens a
+    new one within ``connect_timeout``; at ``max_connections`` callers wait for a release (bounded
+    by the connect timeout). ``release()`` keeps a connection only if its exchange ended cleanly.
+    """
+
+    def __init__(self, url: str, *, connect_timeout: float, max_connections: int, keepalive_timeout: float):
+        u = urlsplit(url)
+        self.loop = asyncio.get_running_loop()
+        self.scheme = u.scheme
+        self.host = u.hostname
+        self.port = u.port or (443 if u.scheme == "https" else 80)
+        default_port = self.port == (443 if u.scheme == "https" else 80)
+        netloc = self.host if ":" not in self.host else f"[{self.host}]"
+        self.host_header = (netloc if default_port else f"{netloc}:{self.port}").encode("idna")
+        self.base_path = u.path.rstrip("/")
+        self.ssl = ssl.create_default_context() if u.scheme == "https" else None
+        self.connect_timeout = connect_timeout
+        self.max_connections = max_connections
+        self.keepalive_timeout = keepalive_timeout
+        self.idle: list[UpstreamConnection] = []
+        self.open_count = 0
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        self._sweeper = None
+        self._closed = False
+
+    def start(self) -> None:
+        if self.keepalive_timeout > 0 and self._sweeper is None:
+            self._sweeper = self.loop.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        # close idle connections before the upstream does, so none is reused as it closes
+        while True:
+            await asyncio.sleep(max(self.keepalive_timeout / 4, 0.05))
+            deadline = self.loop.time() - self.keepalive_timeout
+            keep = []
+            for c in self.idle:
+                if c.closed or c.idle_since < deadline:
+                    self._discard(c)
+                else:
+                    keep.append(c)
+            self.idle = keep
+
+    def _discard(self, c: UpstreamConnection) -> None:
+        c.abort()
+        self.open_count -= 1
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            w = self._waiters.popleft()
+            if not w.done():
+                w.set_result(None)
+                return
+
+    async def acquire(self) -> UpstreamConnection:
+        idle = self.idle
+        if idle:
+            # reuse only connections well inside the keep-alive window
+            limit = self.loop.time() - self.keepalive_timeout
+            while idle:
+                c = idle.pop()
+                if not c.closed and c.idle_since >= limit:
+                    c.reused = True
+                    return c
+                self._discard(c)
+        if self.open_count >= self.max_connections:
+            await self._wait_for_slot()
+            return await self.acquire()
+        return await self.connect()
+
+    async def _wait_for_slot(self) -> None:
+        w = self.loop.create_future()
+        self._waiters.append(w)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await w
+        except TimeoutError:
+            raise UpstreamTimeout("connect", "no upstream connection became free within the connect timeout") from None
+        finally:
+            if not w.done():
+                w.cancel()
+
+    async def connect(self) -> UpstreamConnection:
+        """A fresh connection (counted against max_connections)."""
+        self.open_count += 1
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await self.loop.create_connection(
+                    lambda: UpstreamConnection(self), self.host, self.port, ssl=self.ssl)
+        except TimeoutError:
+            self.open_count -= 1
+            self._wake_one()
+            raise UpstreamTimeout("connect") from None
+        except OSError as e:
+            self.open_count -= 1
+            self._wake_one()
+            raise UpstreamConnectError(f"cannot connect to upstream {self.host}:{self.port}: {e.strerror or e}") from None
+        except BaseException:
+            self.open_count -= 1
+            self._wake_one()
+            raise
+        sock = conn.transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        return conn
+
+    def release(self, c: UpstreamConnection) -> None:
+        if c.reusable() and not self._closed:
+            c.parser = None
+            c.idle_since = self.loop.time()
+            self.idle.append(c)
+            self._wake_one()
+        else:
+            self._discard(c)
+
+    def stats(self) -> dict:
+        return {"open": self.open_count, "idle": len(self.idle), "waiting": len(self._waiters)}
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for c in self.idle:
+            c.abort()
+        self.idle = []
+

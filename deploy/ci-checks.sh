@@ -66,8 +66,8 @@ check "PrometheusRule is generated from deploy/prometheus/alerts.yaml" "$PYTHON"
 check "Grafana dashboard.json is generated from build_dashboard.py" "$PYTHON" deploy/grafana/build_dashboard.py --check
 
 # ---- kubernetes ----
-validate_overlay() {
-  local dir="$1" name; name="$(echo "$dir" | tr '/' '_')"
+validate_overlay() {  # validate_overlay DIR K8S_VERSION
+  local dir="$1" version="$2" name; name="$(echo "$dir" | tr '/.' '__')"
   "$KUBECTL" kustomize "$dir" >"$OUT/$name.yaml" || return 1
   echo "rendered $dir: $(grep -c '^kind:' "$OUT/$name.yaml") objects ($(grep '^kind:' "$OUT/$name.yaml" | sort | uniq -c | awk '{printf "%s %s, ", $1, $3}'))"
   # built-in kinds: strict OpenAPI schema; CRDs (monitoring.coreos.com) have no schema here and are
@@ -80,11 +80,14 @@ skipped = [f'{d["kind"]}/{d["metadata"]["name"]}' for d in docs if d not in buil
 yaml.safe_dump_all(builtin, open(sys.argv[2], "w"))
 print(f"schema-checking {len(builtin)} objects; CRD objects left to the structural test: {', '.join(skipped) or 'none'}")
 PY
-  "$BIN/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" "$OUT/$name.builtin.yaml"
+  "$BIN/kubernetes-validate" --strict --quiet -k "$version" "$OUT/$name.builtin.yaml"
 }
 for d in "${OVERLAYS[@]}"; do
-  check "kustomize render + strict schema ($K8S_VERSION): $d" validate_overlay "$d"
+  check "kustomize render + strict schema ($K8S_VERSION): $d" validate_overlay "$d" "$K8S_VERSION"
 done
+# the classic-sidecar variant exists for old clusters: it must also be valid for one
+check "kustomize render + strict schema (1.28.0): deploy/kubernetes/overlays/example-pre-1.29" \
+  validate_overlay deploy/kubernetes/overlays/example-pre-1.29 1.28.0
 
 # ---- prometheus ----
 check "promtool check rules deploy/prometheus/alerts.yaml" promtool check rules deploy/prometheus/alerts.yaml

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import re
 import shlex
 import shutil
@@ -146,7 +147,8 @@ def test_proxy_image_commands_install_and_start(tmp_path):
                          drain_delay="100ms", shutdown_grace="1s")
     cfg["probes"], cfg["readiness"] = [], {"require_probes": []}
     (etc / "config.yaml").write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = open(tmp_path / "proxy.log", "w+")
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -155,10 +157,10 @@ def test_proxy_image_commands_install_and_start(tmp_path):
                     assert r.status == 200
                     break
             except OSError:
-                assert proc.poll() is None, proc.stderr.read()
+                assert proc.poll() is None, (tmp_path / ("proxy.log" if "proxy" in argv else "agent.log")).read_text()
                 assert time.monotonic() < deadline, "proxy did not answer /healthz"
                 time.sleep(0.1)
-        maps = open(f"/proc/{proc.pid}/maps").read()
+        maps = pathlib.Path(f"/proc/{proc.pid}/maps").read_text()
         assert re.search(r"uvloop/loop\.cpython-311", maps), "uvloop is not loaded in the proxy process"
         assert str(venv) in maps
         proc.send_signal(signal.SIGTERM)
@@ -167,7 +169,7 @@ def test_proxy_image_commands_install_and_start(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        proc.stderr.close()
+        log.close()
 
 
 @pytest.mark.slow
@@ -182,7 +184,8 @@ def test_agent_image_commands_install_and_start(tmp_path):
     env = {**env, "AGENT_DB": str(tmp_path / "data" / "agent.db")}
     for k in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "DATABASE_URI"):
         env.pop(k, None)
-    proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = open(tmp_path / "agent.log", "w+")
+    proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -191,7 +194,7 @@ def test_agent_image_commands_install_and_start(tmp_path):
                     assert r.status == 200
                     break
             except OSError:
-                assert proc.poll() is None, proc.stderr.read()
+                assert proc.poll() is None, (tmp_path / ("proxy.log" if "proxy" in argv else "agent.log")).read_text()
                 assert time.monotonic() < deadline, "agent did not answer /ok"
                 time.sleep(0.2)
         # the preStop helper runs with the image's python and finds no proxy: returns at once
@@ -204,4 +207,4 @@ def test_agent_image_commands_install_and_start(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        proc.stderr.close()
+        log.close()

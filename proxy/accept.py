@@ -23,26 +23,29 @@ _OVER_LIMIT = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/j
 class GuardedRequestHandler(RequestHandler):
     """aiohttp's per-connection protocol with a deadline on each request head."""
 
-    __slots__ = ("_head_timer", "_head_timeout")
+    __slots__ = ("_head_timer", "_head_timeout", "_last_payload")
 
     def __init__(self, manager, *, head_timeout: float, **kwargs):
         super().__init__(manager, **kwargs)
         self._head_timer = None
         self._head_timeout = head_timeout
+        self._last_payload = None
 
     def data_received(self, data: bytes) -> None:
-        if self._payload_parser is None and not self._upgraded and data:
-            before = self._request_count
-            super().data_received(data)
-            if self._request_count != before:
-                if self._head_timer is not None:
-                    self._head_timer.cancel()
-                    self._head_timer = None
-                # bytes left in the parser belong to a pipelined next head: it gets its own deadline
-            elif self._head_timer is None and not (self._force_close or self._close):
-                self._head_timer = self._loop.call_later(self._head_timeout, self._head_timed_out)
-            return
+        if self._payload_parser is not None or self._upgraded or not data:
+            return super().data_received(data)
+        lp = self._last_payload
+        in_body = lp is not None and not lp.is_eof()  # body bytes of the current request
+        before = self._request_count
         super().data_received(data)
+        if self._request_count != before:
+            self._last_payload = self._messages[-1][1] if self._messages else None
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+        elif not in_body and self._head_timer is None and not (self._force_close or self._close):
+            # part of a request head: the rest must follow within the deadline
+            self._head_timer = self._loop.call_later(self._head_timeout, self._head_timed_out)
 
     def _head_timed_out(self) -> None:
         self._head_timer = None

@@ -90,6 +90,7 @@ class Forwarder:
                 if total > self.max_body:
                     raise E.BodyTooLarge(f"request body exceeds limits.max_body_bytes ({self.max_body} bytes)")
                 if conn.done:  # the upstream answered (or failed) before taking the whole body
+                    conn.keep_alive = False
                     break
                 if chunked:
                     conn.write_body(b"%x\r\n" % len(chunk))
@@ -110,6 +111,9 @@ class Forwarder:
         t = route.timeouts
         framing, stream_body = self._framing(request, method)
         body = b""
+        if stream_body and ex.body is None and request.headers.get("Expect", "").lower() == "100-continue":
+            # the limits passed: now invite the body (the low-level server leaves this to us)
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if stream_body and request.content_length is not None and request.content_length <= SMALL:
             body = ex.body if ex.body is not None else await self._read_small_body(request)
             ex.body = body
@@ -132,6 +136,7 @@ class Forwarder:
         if ex.deadline is not None:
             total = max(0.001, ex.deadline - self.loop.time())
         conn = await self.pool.acquire()
+        pump = None
         for attempt in (0, 1):
             ex.upstream_start = monotonic()
             conn.begin(head, first_byte=t.first_byte, total=total, total_kind="request",
@@ -139,25 +144,37 @@ class Forwarder:
             ex.sent_any = True
             try:
                 if stream_body:
-                    await self._send_body(request, conn, ex, framing.startswith(b"Transfer"))
+                    # full duplex: the body goes up while we wait for (and then relay) the answer,
+                    # so an upstream that answers as it reads never deadlocks against us
+                    pump = self.loop.create_task(self._send_body(request, conn, ex, framing.startswith(b"Transfer")))
+                    await asyncio.wait((pump, conn.hdr_fut), return_when=asyncio.FIRST_COMPLETED)
+                    if pump.done() and pump.exception() is not None:
+                        raise pump.exception()
                 status, raw = await conn.headers()
                 break
-            except (E.UpstreamReset, E.UpstreamProtocolError) as e:
+            except (E.UpstreamReset, E.UpstreamProtocolError):
                 # a pooled connection the upstream had just closed: retry once on a fresh one,
-                # when that cannot run anything twice
-                stale = conn.reused and not conn.received_any and not stream_body and (
-                    method in IDEMPOTENT or isinstance(e, E.UpstreamReset))
+                # only when that cannot run anything twice
+                stale = (conn.reused and not conn.received_any and not stream_body
+                         and method in IDEMPOTENT)
+                conn.abort()
                 self.pool.release(conn)
                 if attempt or not stale:
                     raise
                 conn = await self.pool.connect()
             except BaseException:
+                if pump is not None:
+                    await _stop(pump)
                 conn.abort()
                 self.pool.release(conn)
                 raise
         try:
             return await self._respond(request, ex, conn, status, raw)
         finally:
+            if pump is not None and not pump.done():
+                # the upstream answered before taking the whole body: the connection is spent
+                conn.abort()
+                await _stop(pump)
             self.pool.release(conn)
 
     async def _respond(self, request, ex: Exchange, conn: UpstreamConnection, status: int, raw) -> web.StreamResponse:
@@ -264,3 +281,12 @@ class Forwarder:
             elif tracker is not None and head_bytes is not None:
                 tracker.wait_body(ex, head_bytes)
         return resp
+
+
+async def _stop(task: asyncio.Task) -> None:
+    """Cancel a helper task and wait for it, keeping its outcome quiet."""
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, Exception):  # noqa: BLE001 - its failure is already accounted for
+        pass

@@ -77,7 +77,8 @@ def upstream_head(method: str, target: str, raw_headers, *, host: bytes, request
     if conn_listed:
         # rare: drop the fields the client declared hop-by-hop (rebuild without them)
         dropped = connection_tokens(raw_headers)
-        if dropped:
+        if dropped - {b"close", b"keep-alive"}:
+            dropped |= {b"connection"}
             return upstream_head(method, target, [(k, v) for k, v in raw_headers if k.lower() not in dropped],
                                  host=host, request_id=request_id, client_ip=client_ip, proto=proto,
                                  body_framing=body_framing, extra=extra)

@@ -1,0 +1,377 @@
+"""Test harness: the real proxy as a subprocess, and a fault-injecting upstream we control.
+
+The upstream is a real aiohttp server on a real loopback socket, running in the test's event loop
+so a test can both drive it and see what reached it. The proxy is ``python -m proxy`` started
+exactly as a user starts it.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import yaml
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class ProxyProcess:
+    """``python -m proxy`` on ephemeral loopback ports; ``url``/``admin`` once started."""
+
+    def __init__(self, tmp: Path, upstream_url: str, overrides: dict | None = None, env: dict | None = None):
+        self.tmp = tmp
+        self.cfg = deep_merge({
+            "server": {"listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0", "drain_delay": "0s",
+                       "shutdown_grace": "10s"},
+            "upstream": {"url": upstream_url, "connect_timeout": "1s"},
+            "logging": {"level": "info"},
+        }, overrides or {})
+        self.config_path = tmp / "proxy.yaml"
+        self.ready_file = tmp / "proxy.ready"
+        self.stdout_path = tmp / "proxy.stdout"
+        self.stderr_path = tmp / "proxy.stderr"
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+        self.port = self.admin_port = 0
+
+    def write_config(self, cfg: dict | None = None) -> None:
+        self.config_path.write_text(yaml.safe_dump(cfg or self.cfg))
+
+    def start(self, timeout: float = 15) -> "ProxyProcess":
+        self.write_config()
+        if self.ready_file.exists():
+            self.ready_file.unlink()
+        env = dict(os.environ)
+        env.update(self.env or {})
+        with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "proxy", "--config", str(self.config_path), "--ready-file", str(self.ready_file)],
+                cwd=ROOT, stdout=out, stderr=err, env=env)
+        deadline = time.monotonic() + timeout
+        while not self.ready_file.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"proxy exited with {self.proc.returncode}: {self.stderr()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"proxy did not start: {self.stderr()}")
+            time.sleep(0.02)
+        self.port, self.admin_port = map(int, self.ready_file.read_text().split())
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
+
+    def access_lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.stdout().splitlines() if line.startswith("{")]
+
+    def log_lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.stderr().splitlines() if line.startswith("{")]
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def num_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.wait(5)
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+
+async def scrape(admin_url: str, session: aiohttp.ClientSession | None = None) -> dict:
+    """Parse /metrics into {(name, frozenset(labels.items())): value} (samples, not families)."""
+    own = session is None
+    session = session or aiohttp.ClientSession()
+    try:
+        async with session.get(admin_url + "/metrics") as r:
+            text = await r.text()
+    finally:
+        if own:
+            await session.close()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def metric(samples: dict, name: str, **labels) -> float:
+    """Sum of the samples named ``name`` whose labels include ``labels``."""
+    total = 0.0
+    want = set((k, str(v)) for k, v in labels.items())
+    for (n, lbls), v in samples.items():
+        if n == name and want <= lbls:
+            total += v
+    return total
+
+
+class FaultUpstream:
+    """A real HTTP server whose every path is a behaviour a test can ask for.
+
+    It records what reached it (``seen``: method, path, headers, body size) and when a streaming
+    handler noticed its client was gone (``disconnects``).
+    """
+
+    def __init__(self):
+        self.seen: list[dict] = []
+        self.disconnects: list[str] = []
+        self.status_queue: list[int] = []
+        self.runner = None
+        self.port = 0
+        self.in_flight = 0
+        self.cancels: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self, port: int = 0) -> "FaultUpstream":
+        app = web.Application(client_max_size=1 << 31)
+        app.router.add_route("*", "/{tail:.*}", self.dispatch)
+        self.runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        name = request.path.strip("/").split("/")[0] or "root"
+        self.in_flight += 1
+        try:
+            handler = getattr(self, "h_" + name.replace("-", "_"), self.h_default)
+            return await handler(request)
+        finally:
+            self.in_flight -= 1
+
+    def _record(self, request, body_len: int = 0) -> None:
+        self.seen.append({"method": request.method, "path": request.raw_path,
+                          "headers": dict(request.headers), "raw_headers": list(request.raw_headers),
+                          "body_len": body_len})
+
+    # ---- behaviours ----
+    async def h_default(self, request):
+        body = await request.read()
+        self._record(request, len(body))
+        return web.json_response({"path": request.raw_path, "method": request.method, "body_len": len(body)},
+                                 headers={"X-Upstream": "fault"})
+
+    async def h_status(self, request):
+        self._record(request)
+        code = int(request.match_info["tail"].split("/")[1])
+        return web.json_response({"status": code}, status=code)
+
+    async def h_flaky(self, request):
+        """Answers with the next code from ``status_queue`` (200 when empty)."""
+        self._record(request)
+        code = self.status_queue.pop(0) if self.status_queue else 200
+        return web.json_response({"status": code}, status=code)
+
+    async def h_echo(self, request):
+        """Streams the request body back as it arrives (chunked), with a running digest header-less."""
+        self._record(request)
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        if request.content_length is not None:
+            resp.content_length = request.content_length
+        await resp.prepare(request)
+        async for chunk in request.content.iter_any():
+            await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+
+    async def h_sink(self, request):
+        """Reads the body, answers its size and sha256."""
+        import hashlib
+        h = hashlib.sha256()
+        n = 0
+        async for chunk in request.content.iter_any():
+            h.update(chunk)
+            n += len(chunk)
+        self._record(request, n)
+        return web.json_response({"size": n, "sha256": h.hexdigest()})
+
+    async def h_bytes(self, request):
+        """GET /bytes/N: N pseudo-random bytes (seeded by N), streamed in 64 KiB chunks."""
+        import random
+        n = int(request.match_info["tail"].split("/")[1])
+        self._record(request)
+        rnd = random.Random(n)
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        resp.content_length = n
+        await resp.prepare(request)
+        left = n
+        while left:
+            k = min(65536, left)
+            await resp.write(rnd.randbytes(k))
+            left -= k
+        await resp.write_eof()
+        return resp
+
+    async def h_sse(self, request):
+        """SSE: ?events=N&interval=S&heartbeat=S&hb_only_after=K&error=1&ctype=...&size=B"""
+        q = request.query
+        self._record(request)
+        n = int(q.get("events", 3))
+        interval = float(q.get("interval", 0.05))
+        heartbeat = float(q.get("heartbeat", 0))
+        stall_after = int(q.get("stall_after", -1))
+        size = int(q.get("size", 0))
+        resp = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",
+            "Content-Location": q.get("location", "/threads/00000000-0000-0000-0000-000000000001/runs/00000000-0000-0000-0000-000000000002"),
+            "Location": "/threads/t/runs/r/stream"})
+        await resp.prepare(request)
+        try:
+            await resp.write(b'event: metadata\r\ndata: {"run_id": "r"}\r\n\r\n')
+            for i in range(n):
+                if i == stall_after:
+                    # heartbeats only, forever (bounded by the test's own timeouts)
+                    for _ in range(int(60 / max(heartbeat, 0.01))):
+                        await asyncio.sleep(heartbeat or 0.05)
+                        await resp.write(b": heartbeat\r\n\r\n")
+                    break
+                await asyncio.sleep(interval)
+                payload = json.dumps({"i": i, "t": time.time(), "pad": "x" * size})
+                await resp.write(f"event: values\r\ndata: {payload}\r\n\r\n".encode())
+            if q.get("error"):
+                await resp.write(b'event: error\r\ndata: {"error": "RuntimeError", "message": "boom"}\r\n\r\n')
+            await resp.write_eof()
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.disconnects.append(request.path_qs)
+            raise
+        return resp
+
+    async def h_hang(self, request):
+        """Never answers (until cancelled)."""
+        self._record(request)
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.disconnects.append(request.path_qs)
+            raise
+        return web.Response()
+
+    async def h_delay(self, request):
+        """/delay/S: answer after S seconds."""
+        self._record(request)
+        await asyncio.sleep(float(request.match_info["tail"].split("/")[1]))
+        return web.json_response({"delayed": True})
+
+    async def h_silence(self, request):
+        """Headers at once, then one chunk, then silence."""
+        self._record(request)
+        resp = web.StreamResponse(headers={"Content-Type": request.query.get("ctype", "application/json")})
+        await resp.prepare(request)
+        await resp.write(b'{"partial": ')
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.disconnects.append(request.path_qs)
+            raise
+        return resp
+
+    async def h_trickle(self, request):
+        """?chunks=N&interval=S: a slow but live body (never idle longer than interval)."""
+        self._record(request)
+        n = int(request.query.get("chunks", 10))
+        interval = float(request.query.get("interval", 0.1))
+        resp = web.StreamResponse(headers={"Content-Type": request.query.get("ctype", "text/event-stream")})
+        await resp.prepare(request)
+        for i in range(n):
+            await resp.write(f"data: {i}\n\n".encode())
+            await asyncio.sleep(interval)
+        await resp.write_eof()
+        return resp
+
+    async def h_reset(self, request):
+        """Headers and part of a length-delimited body, then the connection is reset."""
+        self._record(request)
+        resp = web.StreamResponse(headers={"Content-Type": request.query.get("ctype", "application/json")})
+        resp.content_length = 1000
+        await resp.prepare(request)
+        await resp.write(b"x" * 100)
+        await asyncio.sleep(0.05)
+        request.transport.abort()
+        return resp
+
+    async def h_wait(self, request):
+        """LangGraph /runs/wait shape: newlines while waiting, then JSON (maybe an __error__)."""
+        self._record(request)
+        resp = web.StreamResponse(headers={"Content-Type": "application/json",
+                                           "Content-Location": "/threads/t/runs/r"})
+        await resp.prepare(request)
+        await resp.write(b"\n")
+        await asyncio.sleep(0.05)
+        if request.query.get("error"):
+            await resp.write(b'{"__error__": {"error": "RuntimeError", "message": "boom"}}')
+        else:
+            await resp.write(b'{"messages": [{"content": "PONG", "type": "ai"}]}')
+        await resp.write_eof()
+        return resp
+
+    async def h_threads(self, request):
+        """LangGraph run cancel endpoint: POST /threads/{tid}/runs/{rid}/cancel → 202."""
+        self._record(request)
+        if request.path.endswith("/cancel"):
+            self.cancels.append(request.path_qs)
+            return web.Response(status=202)
+        return await self.h_sse(request)

@@ -1,0 +1,243 @@
+"""Foundation: faithful, streaming pass-through."""
+from __future__ import annotations
+
+import asyncio
+import io
+import hashlib
+import json
+import random
+import socket
+import time
+
+import aiohttp
+from yarl import URL
+
+from proxy_harness import free_port, metric, scrape
+
+MiB = 1 << 20
+
+
+async def test_get_passes_method_path_query_headers(proxy, upstream, session):
+    url = URL(proxy.url + "/anything/x%20y?a=1&b=%2F", encoded=True)  # sent exactly as written
+    async with session.get(url, headers={"X-Custom": "v1"}) as r:
+        assert r.status == 200
+        body = await r.json()
+        assert r.headers["X-Upstream"] == "fault"
+    assert body["path"] == "/anything/x%20y?a=1&b=%2F"
+    seen = upstream.seen[-1]
+    assert seen["headers"]["X-Custom"] == "v1"
+    assert seen["method"] == "GET"
+
+
+async def test_every_method_passes(proxy, upstream, session):
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
+        async with session.request(method, proxy.url + "/m", data=b"abc" if method in ("POST", "PUT", "PATCH") else None) as r:
+            assert r.status == 200, method
+            assert (await r.json())["method"] == method
+    async with session.head(proxy.url + "/m") as r:
+        assert r.status == 200
+        assert await r.read() == b""
+    # the connection is still good after a HEAD (no body was expected on it)
+    async with session.get(proxy.url + "/after-head") as r:
+        assert (await r.json())["path"] == "/after-head"
+
+
+async def test_hop_by_hop_stripped_forwarded_added_request_id_round_trips(proxy, upstream):
+    # a raw request, so the hop-by-hop headers are exactly what we send
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"GET /hop HTTP/1.1\r\nHost: public.example:443\r\nConnection: keep-alive, X-Secret-Hop\r\n"
+                 b"Keep-Alive: timeout=5\r\nX-Secret-Hop: 1\r\nTE: trailers\r\nProxy-Authorization: Basic Zm9v\r\n"
+                 b"Upgrade: h2c\r\nX-Forwarded-For: 10.1.2.3\r\nX-Request-ID: req-123.abc\r\n"
+                 b"X-Keep: yes\r\n\r\n")
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"X-Request-ID: req-123.abc" in head
+    h = {k.lower(): v for k, v in upstream.seen[-1]["headers"].items()}
+    for hop in ("keep-alive", "x-secret-hop", "te", "proxy-authorization", "upgrade"):
+        assert hop not in h, hop
+    assert h["x-keep"] == "yes"
+    assert h["x-forwarded-for"] == "10.1.2.3, 127.0.0.1"
+    assert h["x-forwarded-proto"] == "http"
+    assert h["x-forwarded-host"] == "public.example:443"
+    assert h["x-request-id"] == "req-123.abc"
+    assert h["host"] == f"127.0.0.1:{upstream.port}"
+
+
+async def test_request_id_generated_when_absent_or_unsafe(proxy, upstream, session):
+    async with session.get(proxy.url + "/rid") as r:
+        rid = r.headers["X-Request-ID"]
+    assert rid and upstream.seen[-1]["headers"]["X-Request-ID"] == rid
+    async with session.get(proxy.url + "/rid", headers={"X-Request-ID": 'bad"id\\{}'}) as r:
+        rid2 = r.headers["X-Request-ID"]
+    assert rid2 != 'bad"id\\{}' and rid2 != rid
+    assert upstream.seen[-1]["headers"]["X-Request-ID"] == rid2
+
+
+def _expected_bytes_digest(n: int) -> str:
+    """What the upstream's /bytes/N sends: Random(N).randbytes in 64 KiB steps."""
+    rnd = random.Random(n)
+    h = hashlib.sha256()
+    left = n
+    while left:
+        k = min(65536, left)
+        h.update(rnd.randbytes(k))
+        left -= k
+    return h.hexdigest()
+
+
+async def _rss_sampler(proxy, samples, stop):
+    while not stop.is_set():
+        samples.append(proxy.rss_bytes())
+        await asyncio.sleep(0.05)
+
+
+async def test_50mib_bodies_byte_exact_both_ways_with_flat_memory(proxy, upstream, session):
+    size = 50 * MiB
+    baseline = proxy.rss_bytes()
+    samples: list[int] = []
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(_rss_sampler(proxy, samples, stop))
+    # up: a streamed upload (chunked) hashed by the upstream
+    rnd = random.Random(7)
+    h = hashlib.sha256()
+
+    async def gen():
+        left = size
+        while left:
+            k = min(256 * 1024, left)
+            b = rnd.randbytes(k)
+            h.update(b)
+            left -= k
+            yield b
+    async with session.post(proxy.url + "/sink", data=gen()) as r:
+        up = await r.json()
+    assert up == {"size": size, "sha256": h.hexdigest()}
+    # up with Content-Length, echoed back down
+    payload = random.Random(8).randbytes(size)
+    got = hashlib.sha256()
+    n = 0
+    async with session.post(proxy.url + "/echo", data=io.BytesIO(payload)) as r:
+        assert r.status == 200
+        async for chunk in r.content.iter_any():
+            got.update(chunk)
+            n += len(chunk)
+    assert n == size and got.hexdigest() == hashlib.sha256(payload).hexdigest()
+    # down: a 50 MiB generated body
+    got = hashlib.sha256()
+    async with session.get(proxy.url + f"/bytes/{size}") as r:
+        assert r.headers["Content-Length"] == str(size)
+        async for chunk in r.content.iter_chunked(1 << 20):
+            got.update(chunk)
+    assert got.hexdigest() == _expected_bytes_digest(size)
+    stop.set()
+    await sampler
+    peak = max(samples)
+    # 150 MiB moved; the proxy never held more than a few MiB of it
+    assert peak - baseline < 24 * MiB, (baseline, peak)
+
+
+async def test_download_is_exact(proxy, upstream, session):
+    size = 3 * MiB + 17
+    async with session.get(proxy.url + f"/bytes/{size}") as r:
+        body = await r.read()
+    assert len(body) == size and hashlib.sha256(body).hexdigest() == _expected_bytes_digest(size)
+
+
+async def test_sse_events_arrive_with_upstream_timing(proxy, upstream, session):
+    arrivals = []
+    t0 = time.monotonic()
+    async with session.get(proxy.url + "/sse?events=3&interval=1") as r:
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        assert r.headers["Cache-Control"] == "no-store"
+        assert r.headers["X-Accel-Buffering"] == "no"
+        assert "Content-Encoding" not in r.headers
+        buf = b""
+        async for chunk in r.content.iter_any():
+            buf += chunk
+            while b"\r\n\r\n" in buf:
+                ev, buf = buf.split(b"\r\n\r\n", 1)
+                arrivals.append((time.monotonic() - t0, ev))
+    assert [a[1].split(b"\r\n")[0] for a in arrivals] == [b"event: metadata"] + [b"event: values"] * 3
+    gaps = [arrivals[i + 1][0] - arrivals[i][0] for i in range(len(arrivals) - 1)]
+    # each values event comes ~1 s after the previous one, not all at the end
+    for g in gaps:
+        assert 0.8 < g < 1.5, gaps
+
+
+async def test_client_disconnect_closes_upstream_within_1s(proxy, upstream, session):
+    r = await session.get(proxy.url + "/sse?events=100&interval=0.5")
+    await r.content.readuntil(b"\r\n\r\n")
+    t0 = time.monotonic()
+    r.close()  # the client goes away mid-stream
+    while not upstream.disconnects and time.monotonic() - t0 < 3:
+        await asyncio.sleep(0.01)
+    assert upstream.disconnects, "upstream never saw the disconnect"
+    assert time.monotonic() - t0 < 1.0
+    async with session.get(proxy.url + "/next") as r2:
+        assert r2.status == 200
+
+
+async def test_connect_failure_is_502_json_with_request_id(make_proxy, session):
+    dead = f"http://127.0.0.1:{free_port()}"
+    p = make_proxy(dead, {"retries": {"attempts": 1}})
+    async with session.get(p.url + "/x", headers={"X-Request-ID": "rid-502"}) as r:
+        assert r.status == 502
+        body = await r.json()
+    assert body["error"]["type"] == "upstream_unreachable"
+    assert body["error"]["request_id"] == "rid-502"
+    assert "connect" in body["error"]["message"]
+    samples = await scrape(p.admin)
+    assert metric(samples, "sidecar_upstream_errors_total", kind="connect") == 1
+    assert metric(samples, "sidecar_requests_total", code="502") == 1
+
+
+async def test_next_request_works_after_connect_failure(upstream, make_proxy, session):
+    port = free_port()
+    p = make_proxy(f"http://127.0.0.1:{port}", {"retries": {"attempts": 1}, "circuit_breaker": {"enabled": False}})
+    async with session.get(p.url + "/x") as r:
+        assert r.status == 502
+    # the upstream comes up on that port: the very next request works
+    await upstream.stop()
+    await upstream.start(port)
+    async with session.get(p.url + "/x") as r:
+        assert r.status == 200
+
+
+async def test_upstream_path_prefix_and_keepalive_reuse(upstream, make_proxy, session):
+    p = make_proxy(upstream.url)
+    for i in range(20):
+        async with session.get(p.url + f"/k{i}") as r:
+            assert r.status == 200
+    st = await (await session.get(p.admin + "/status")).json()
+    assert st["upstream_pool"]["open"] <= 2  # reused, not one connection per request
+
+
+async def test_admin_paths_only_on_admin_port(proxy, upstream, session):
+    async with session.get(proxy.url + "/metrics") as r:  # forwarded to the upstream like any path
+        assert (await r.json())["path"] == "/metrics"
+    async with session.get(proxy.admin + "/anything") as r:
+        assert r.status == 404
+    async with session.get(proxy.admin + "/healthz") as r:
+        assert r.status == 200
+    async with session.get(proxy.admin + "/readyz") as r:
+        assert r.status == 200
+        assert (await r.json())["status"] == "ready"
+
+
+async def test_access_log_line_per_request_without_secrets(proxy, upstream, session):
+    async with session.get(proxy.url + "/threads/abc/state?token=s3cret",
+                           headers={"Authorization": "Bearer sk-topsecret", "X-Request-ID": "log-1"}) as r:
+        assert r.status == 200
+    for _ in range(50):
+        lines = [x for x in proxy.access_lines() if x.get("request_id") == "log-1"]
+        if lines:
+            break
+        await asyncio.sleep(0.05)
+    assert len(lines) == 1
+    line = lines[0]
+    assert line["route"] == "thread_state" and line["status"] == 200 and line["method"] == "GET"
+    assert {"duration", "upstream_duration", "request_bytes", "response_bytes", "outcome", "time"} <= set(line)
+    everything = proxy.stdout() + proxy.stderr()
+    assert "sk-topsecret" not in everything and "s3cret" not in everything and "abc" not in json.dumps(line)

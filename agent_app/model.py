@@ -139,8 +139,8 @@ class OfflineChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         for chunk in self._chunks(self._reply(messages, kwargs.get("tools"))):
-            if self.token_delay > 0:
-                await asyncio.sleep(self.token_delay)
+            # Even with no delay, yield to the loop per token: a long answer must stay cancellable.
+            await asyncio.sleep(self.token_delay)
             generation = ChatGenerationChunk(message=chunk)
             if run_manager:
                 await run_manager.on_llm_new_token(chunk.text, chunk=generation)

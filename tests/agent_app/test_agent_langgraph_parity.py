@@ -13,12 +13,15 @@ from langgraph_sdk import get_client
 
 pytestmark = [pytest.mark.slow, pytest.mark.langgraph]
 
+# Short enough for quick scenarios, long enough that SLOW 2000 (~4 s) is still running when cancelled.
+TOKEN_DELAY = 0.002
+
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Proc]]:
-    agent = start_agent(tmp_path_factory.mktemp("agent"), token_delay=0.0)
+    agent = start_agent(tmp_path_factory.mktemp("agent"), token_delay=TOKEN_DELAY)
     try:
-        real = start_langgraph_dev(tmp_path_factory.mktemp("langgraph"), token_delay=0.0)
+        real = start_langgraph_dev(tmp_path_factory.mktemp("langgraph"), token_delay=TOKEN_DELAY)
     except BaseException:
         agent.stop()
         raise
@@ -132,7 +135,7 @@ async def test_cancel_interrupts_on_both(servers: dict[str, Proc]) -> None:
         thread = await client.threads.create()
         run = None
         async for part in client.runs.stream(
-            thread["thread_id"], "agent", input=human("SLOW 100000"), stream_mode="messages-tuple", on_disconnect="continue"
+            thread["thread_id"], "agent", input=human("SLOW 2000"), stream_mode="messages-tuple", on_disconnect="continue"
         ):
             if part.event == "metadata":
                 run = part.data["run_id"]

@@ -1,0 +1,916 @@
+#!/usr/bin/env python3
+"""Sidecar benchmark suite: the real proxy as a process, against direct and nginx, in one run.
+
+Columns (each a separate process, pinned to CPU0; upstream and load generators on CPU1):
+  direct     the benchmark upstream itself (bench/upstream.py, aiohttp + uvloop)
+  nginx      Debian nginx, 1 worker, proxy_buffering off, upstream keepalive
+  proxy      python -m proxy, production feature set: metrics, breaker, retries, timeouts,
+             limits, access log on (stdout redirected to a file, as a container runtime would)
+  proxy-min  the same with access_log: false and circuit_breaker.enabled: false
+             (metrics cannot be switched off in the proxy)
+  naive      bench/naive_proxy.py: a plain aiohttp ClientSession proxy (reference)
+
+Scenarios, every repetition interleaved over the columns (A B C D E, rotated each rep):
+  get      wrk -t1 -c64 GET /small (237 B JSON)
+  post     wrk -t1 -c64 POST /echo with a 16 KiB body
+  lat      fixed ~200 req/s (wrk, 4 connections each pausing 20 ms between requests): latency
+           added over direct
+  sse1k    1,000 concurrent SSE streams x 10 events/s: per-event forwarding delay (upstream send
+           -> client receive, same CLOCK_MONOTONIC), time to first event, proxy peak RSS
+  sse10k   ~10,000 concurrent SSE streams x 1 event/s: every event counted, proxy peak RSS
+  static   GET /small with a static nginx upstream on CPU1, so the proxy saturates CPU0: capacity
+  soak     1,000,000 requests through the proxy (static upstream): RSS before/after
+Idle RSS of every column is read right after start.
+
+Primary figure: proxy CPU time per request (utime+stime of the process tree from /proc), then
+throughput, always as ratios inside one run. Every wrk run has -d, every SSE run a timeout, every
+loop a bound; every process started here is stopped through its own process group.
+
+usage: bench/run.sh [--quick] [--reps N] [--only direct,nginx,proxy] [--scenarios get,post,...]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+CLK = os.sysconf("SC_CLK_TCK")
+STARTED: list[subprocess.Popen] = []
+
+ALL_COLUMNS = ("direct", "nginx", "proxy", "proxy-min", "naive")
+ALL_SCENARIOS = ("get", "post", "lat", "sse1k", "sse10k", "static", "soak")
+
+
+# ----------------------------------------------------------------------------- processes
+def start(cmd, log, cpus=None, env=None, stdout=None):
+    if cpus:
+        cmd = ["taskset", "-c", cpus] + list(cmd)
+    f = open(log, "ab")
+    out = open(stdout, "ab") if stdout else f
+    p = subprocess.Popen(cmd, stdout=out, stderr=f, stdin=subprocess.DEVNULL,
+                         start_new_session=True, env=env, cwd=REPO)
+    STARTED.append(p)
+    return p
+
+
+def stop(p, sig=signal.SIGTERM, wait=8.0):
+    """Stop a process we started: signal its own process group (pgid == its pid)."""
+    if p in STARTED:
+        STARTED.remove(p)
+    if p.poll() is not None:
+        return
+    try:
+        os.killpg(p.pid, sig)
+    except ProcessLookupError:
+        return
+    try:
+        p.wait(wait)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait(5)
+
+
+def stop_all():
+    while STARTED:
+        stop(STARTED[-1])
+
+
+def wait_port(port, timeout=30.0, proc=None):
+    t_end = time.time() + timeout
+    while time.time() < t_end:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("process exited (rc=%s) before port %d opened" % (proc.returncode, port))
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("port %d did not open in %.0fs" % (port, timeout))
+
+
+def tree(pid):
+    kids = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open("/proc/%s/stat" % d) as f:
+                    st = f.read()
+                ppid = int(st[st.rindex(")") + 2:].split()[1])
+                kids.setdefault(ppid, []).append(int(d))
+            except (OSError, ValueError, IndexError):
+                pass
+    out, todo = [], [pid]
+    while todo and len(out) < 1000:
+        x = todo.pop()
+        out.append(x)
+        todo.extend(kids.get(x, []))
+    return out
+
+
+def cpu_ticks(pids):
+    tot = 0
+    for pid in pids:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                st = f.read()
+            fields = st[st.rindex(")") + 2:].split()
+            tot += int(fields[11]) + int(fields[12])  # utime + stime
+        except (OSError, ValueError, IndexError):
+            pass
+    return tot
+
+
+def status_kb(pids, key):
+    tot = 0
+    for pid in pids:
+        try:
+            with open("/proc/%d/status" % pid) as f:
+                for line in f:
+                    if line.startswith(key + ":"):
+                        tot += int(line.split()[1])
+        except OSError:
+            pass
+    return tot
+
+
+def reset_hwm(pids):
+    for pid in pids:
+        try:
+            with open("/proc/%d/clear_refs" % pid, "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+
+def proc_stat():
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu"):
+                parts = line.split()
+                out[parts[0]] = [int(x) for x in parts[1:]]
+    return out
+
+
+def stat_delta(a, b):
+    res = {}
+    for k in b:
+        d = [y - x for x, y in zip(a[k], b[k])]
+        total = sum(d[:8]) or 1
+        idle = d[3] + d[4]
+        res[k] = {"busy": 100.0 * (total - idle) / total, "steal": 100.0 * d[7] / total}
+    return res
+
+
+def wait_quiet(max_busy=15.0, max_wait=20.0):
+    """Pre-flight: wait (bounded) while the host is busy; report what was seen."""
+    t_end = time.time() + max_wait
+    while True:
+        a0 = proc_stat()
+        time.sleep(2.0)
+        d = stat_delta(a0, proc_stat())["cpu"]
+        if d["busy"] <= max_busy or time.time() > t_end:
+            break
+        print("host busy %.0f%% (steal %.0f%%), waiting for quiet..." % (d["busy"], d["steal"]), flush=True)
+    if d["busy"] > max_busy:
+        top = subprocess.run(["ps", "-eo", "pid,pcpu,comm", "--sort=-pcpu"], capture_output=True,
+                             text=True).stdout.splitlines()[:5]
+        print("WARNING: host not quiet (busy %.0f%%, steal %.0f%%); top: %s" % (
+            d["busy"], d["steal"], " | ".join(x.strip() for x in top)), flush=True)
+    return d
+
+
+# ----------------------------------------------------------------------------- configs
+def nginx_conf(rd, port, up_port):
+    return """
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile {nofile};
+user root;
+pid {rd}/nginx.pid;
+error_log {rd}/nginx_error.log warn;
+events {{ worker_connections {wc}; multi_accept on; }}
+http {{
+  access_log off;
+  client_body_temp_path {rd}/nginx_body;
+  proxy_temp_path {rd}/nginx_proxy;
+  fastcgi_temp_path {rd}/nginx_fcgi;
+  uwsgi_temp_path {rd}/nginx_uwsgi;
+  scgi_temp_path {rd}/nginx_scgi;
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+  upstream up {{ server 127.0.0.1:{up}; keepalive 64; keepalive_requests 1000000; keepalive_timeout 300s; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    client_max_body_size 0;
+    location / {{
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+      proxy_request_buffering off;
+      proxy_read_timeout 300s;
+    }}
+  }}
+}}
+""".format(rd=rd, port=port, up=up_port, nofile=nofile_limit(), wc=nofile_limit() - 32)
+
+
+def static_conf(rd, port, body):
+    return """
+daemon off;
+worker_processes 1;
+user root;
+pid {rd}/static.pid;
+error_log {rd}/static_error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+  client_body_temp_path {rd}/nginx_body;
+  proxy_temp_path {rd}/nginx_proxy;
+  fastcgi_temp_path {rd}/nginx_fcgi;
+  uwsgi_temp_path {rd}/nginx_uwsgi;
+  scgi_temp_path {rd}/nginx_scgi;
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location /small {{ default_type application/json; return 200 '{body}'; }}
+    location / {{ return 404; }}
+  }}
+}}
+""".format(rd=rd, port=port, body=body)
+
+
+def proxy_yaml(port, admin, up_port, minimal):
+    """The production feature set (defaults), with the capacity knobs a 10k-stream pod needs:
+    upstream.max_connections (default 100 would queue stream 101+ and fail it after connect_timeout)
+    and limits.max_concurrent_requests (default 1000 would shed stream 1001+)."""
+    y = ("server: {listen: 127.0.0.1:%d, admin_listen: 127.0.0.1:%d, drain_delay: 0s, shutdown_grace: 2s,\n"
+         "         max_connections: 20000}\n"
+         "upstream: {url: http://127.0.0.1:%d, max_connections: 20000}\n"
+         "limits: {max_concurrent_requests: 20000}\n" % (port, admin, up_port))
+    if minimal:
+        y += "logging: {access_log: false}\ncircuit_breaker: {enabled: false}\n"
+    return y
+
+
+def nofile_limit():
+    import resource
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+# ----------------------------------------------------------------------------- wrk
+UNIT = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def parse_wrk(out):
+    r = {}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    r["rps"] = float(m.group(1)) if m else None
+    for p in ("50", "90", "99"):
+        m = re.search(r"^\s+%s(?:\.000)?%%\s+([\d.]+)(us|ms|s|m)\s*$" % p, out, re.M)
+        r["p%s_ms" % p] = float(m.group(1)) * UNIT[m.group(2)] if m else None
+    m = re.search(r"(\d+) requests in", out)
+    r["requests"] = int(m.group(1)) if m else 0
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    r["non2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    r["sock_err"] = sum(int(x) for x in m.groups()) if m else 0
+    return r
+
+
+class Target:
+    def __init__(self, name, port, proc=None):
+        self.name, self.port, self.proc = name, port, proc
+
+    def pids(self):
+        return tree(self.proc.pid) if self.proc else []
+
+
+def measure(t, fn):
+    pids = t.pids()
+    c0, s0, w0 = cpu_ticks(pids), proc_stat(), time.monotonic()
+    out = fn()
+    c1, s1, w1 = cpu_ticks(t.pids() or pids), proc_stat(), time.monotonic()
+    sd = stat_delta(s0, s1)
+    return out, {"proxy_cpu_s": (c1 - c0) / CLK, "wall_s": w1 - w0,
+                 "cpu0_busy": sd.get("cpu0", {}).get("busy"), "cpu1_busy": sd.get("cpu1", {}).get("busy"),
+                 "steal": sd["cpu"]["steal"]}
+
+
+def run_wrk(t, a, path, script=None, duration=None, conns=None):
+    d = duration or a.duration
+    cmd = ["taskset", "-c", a.client_cpus, "wrk", "-t1", "-c%d" % (conns or a.conns), "-d%ds" % d,
+           "--latency", "--timeout", "10s"]
+    if script:
+        cmd += ["-s", script]
+    cmd.append("http://127.0.0.1:%d%s" % (t.port, path))
+
+    def go():
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=d + 30)
+        return p.stdout + p.stderr
+
+    out, ex = measure(t, go)
+    r = parse_wrk(out)
+    r.update(ex)
+    r["cpu_us_per_req"] = (1e6 * ex["proxy_cpu_s"] / r["requests"]) if (t.proc and r["requests"]) else None
+    if r["rps"] is None:
+        r["raw"] = out[-1500:]
+    return r
+
+
+def run_sse(t, a, k, events, interval_ms, timeout_s):
+    cmd = ["taskset", "-c", a.client_cpus, sys.executable, os.path.join(HERE, "sse_client.py"),
+           "http://127.0.0.1:%d" % t.port, "-k", str(k), "--events", str(events),
+           "--interval-ms", str(interval_ms), "--timeout-s", str(timeout_s)]
+    pids = t.pids()
+    if pids:
+        reset_hwm(pids)
+    rss0 = status_kb(pids, "VmRSS") if pids else None
+
+    def go():
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s + 30)
+            return p.stdout, p.stderr
+        except subprocess.TimeoutExpired as e:
+            return "", "sse_client timed out: %s" % (e.stderr or b"")[-500:]
+
+    (out, err), ex = measure(t, go)
+    try:
+        r = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        r = {"error": (out + err)[-1000:]}
+    pids = t.pids() or pids
+    r.update(ex)
+    if pids:
+        r["rss_before_mb"] = rss0 / 1024.0
+        r["peak_rss_mb"] = status_kb(pids, "VmHWM") / 1024.0
+        r["proxy_cpu_pct"] = 100.0 * ex["proxy_cpu_s"] / ex["wall_s"]
+        ev = r.get("events") or 0
+        r["cpu_us_per_event"] = (1e6 * ex["proxy_cpu_s"] / ev) if ev else None
+    return r
+
+
+# ----------------------------------------------------------------------------- stats
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def rng(xs):
+    xs = [x for x in xs if x is not None]
+    return (min(xs), max(xs)) if xs else (None, None)
+
+
+def fmt(x, nd=0):
+    if x is None:
+        return "-"
+    return ("%%.%df" % nd) % x
+
+
+def ratio(x, y):
+    return (x / y) if (x is not None and y) else None
+
+
+def mm(rs, key, nd=0):
+    """'median [min-max]' of one key over runs."""
+    xs = [r.get(key) for r in rs if r.get(key) is not None]
+    if not xs:
+        return "-"
+    if len(xs) == 1:
+        return fmt(xs[0], nd)
+    return "%s [%s-%s]" % (fmt(med(xs), nd), fmt(min(xs), nd), fmt(max(xs), nd))
+
+
+# ----------------------------------------------------------------------------- main
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="1 rep, short runs, 2k big-SSE, 100k soak (~2-3 min)")
+    ap.add_argument("--only", default="", help="comma list of columns (default: all)")
+    ap.add_argument("--scenarios", default=",".join(ALL_SCENARIOS))
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=4, help="wrk seconds per get/post run")
+    ap.add_argument("--lat-duration", type=int, default=5)
+    ap.add_argument("--conns", type=int, default=64)
+    ap.add_argument("--post-bytes", type=int, default=16384)
+    ap.add_argument("--sse-events", type=int, default=20, help="events per stream at K=1000 (100 ms apart)")
+    ap.add_argument("--sse-big-k", type=int, default=10000,
+                    help="streams for the big SSE run (capped by the fd limit: each stream needs 2 fds in a proxy)")
+    ap.add_argument("--sse-big-events", type=int, default=10, help="events per stream in the big run (1 s apart)")
+    ap.add_argument("--soak-requests", type=int, default=1_000_000)
+    ap.add_argument("--soak-chunk", type=int, default=15, help="wrk seconds per soak chunk (RSS sampled between)")
+    ap.add_argument("--max-minutes", type=float, default=9.5, help="optional work (steal re-runs) stops past this")
+    ap.add_argument("--max-steal", type=float, default=20.0)
+    ap.add_argument("--proxy-cpus", default="0")
+    ap.add_argument("--upstream-cpus", default="1")
+    ap.add_argument("--client-cpus", default="1")
+    ap.add_argument("--base-port", type=int, default=18180)
+    ap.add_argument("--docs", default=None, help="write this markdown report (default: docs/benchmarks.md "
+                    "for a full run, none for --quick)")
+    ap.add_argument("--profile-summary", default=os.path.join(HERE, "profile", "summary.md"),
+                    help="markdown included in the docs report if it exists (made by bench/profile.py)")
+    ap.add_argument("--out", default=os.path.join(os.environ.get("BENCH_RESULTS", "/tmp/sidecar-bench"),
+                                                  time.strftime("%Y%m%d-%H%M%S")))
+    a = ap.parse_args()
+    if a.quick:
+        a.reps, a.duration, a.lat_duration = 1, 2, 3
+        a.sse_events, a.sse_big_k, a.sse_big_events = 10, 2000, 5
+        a.soak_requests, a.soak_chunk = 100_000, 6
+    if a.docs is None and not a.quick:
+        a.docs = os.path.join(REPO, "docs", "benchmarks.md")
+    nofile = nofile_limit()
+    big_k = min(a.sse_big_k, (nofile - 64) // 2)
+
+    os.makedirs(a.out, exist_ok=True)
+    rd = os.path.join(a.out, "run")
+    os.makedirs(rd, exist_ok=True)
+    for d in ("nginx_body", "nginx_proxy", "nginx_fcgi", "nginx_uwsgi", "nginx_scgi"):
+        os.makedirs(os.path.join(rd, d), exist_ok=True)
+    only = [x for x in a.only.split(",") if x] or list(ALL_COLUMNS)
+    scen = [x for x in a.scenarios.split(",") if x]
+    bad = [x for x in scen if x not in ALL_SCENARIOS] + [x for x in only if x not in ALL_COLUMNS]
+    if bad:
+        ap.error("unknown: %s" % ", ".join(bad))
+    bp = a.base_port
+    PORTS = {"direct": bp, "nginx": bp + 1, "naive": bp + 3, "proxy": bp + 4, "proxy-min": bp + 5}
+    ADMIN = {"proxy": bp + 14, "proxy-min": bp + 15}
+    static_port, soak_port, soak_admin = bp + 9, bp + 6, bp + 16
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: (stop_all(), sys.exit(130)))
+
+    py = sys.executable
+    t_start = time.time()
+    deadline = t_start + 60 * a.max_minutes
+
+    def start_proxy(name, port, admin, up_port, minimal, tag):
+        cfgp = os.path.join(rd, "%s-%s.yaml" % (name, tag))
+        with open(cfgp, "w") as f:
+            f.write(proxy_yaml(port, admin, up_port, minimal))
+        ready = os.path.join(rd, "%s-%s.ready" % (name, tag))
+        # PYTHONUNBUFFERED=1 as in the production image (Dockerfile); import list to stderr at start-up
+        env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1", PYTHONUNBUFFERED="1")
+        p = start([py, "-m", "proxy", "--config", cfgp, "--ready-file", ready],
+                  os.path.join(rd, "%s-%s.log" % (name, tag)), a.proxy_cpus, env=env,
+                  stdout=os.path.join(rd, "%s-%s.access.log" % (name, tag)))
+        t_end = time.time() + 30
+        while not os.path.exists(ready):
+            if p.poll() is not None or time.time() > t_end:
+                raise RuntimeError("%s did not start; see %s" % (name, os.path.join(rd, "%s-%s.log" % (name, tag))))
+            time.sleep(0.05)
+        return p
+
+    def start_targets(up_port, tag, names):
+        ts = []
+        for n in names:
+            if n == "direct":
+                ts.append(Target("direct", up_port))
+            elif n == "nginx":
+                conf = os.path.join(rd, "nginx-%s.conf" % tag)
+                with open(conf, "w") as f:
+                    f.write(nginx_conf(rd, PORTS["nginx"], up_port))
+                p = start(["nginx", "-p", rd, "-c", conf, "-e", os.path.join(rd, "nginx_error.log")],
+                          os.path.join(rd, "nginx.log"), a.proxy_cpus)
+                ts.append(Target("nginx", PORTS["nginx"], p))
+            elif n == "naive":
+                p = start([py, os.path.join(HERE, "naive_proxy.py"), "--port", str(PORTS["naive"]),
+                           "--upstream", "http://127.0.0.1:%d" % up_port, "--limit", "20000"],
+                          os.path.join(rd, "naive.log"), a.proxy_cpus)
+                ts.append(Target("naive", PORTS["naive"], p))
+            elif n in ("proxy", "proxy-min"):
+                p = start_proxy(n, PORTS[n], ADMIN[n], up_port, n == "proxy-min", tag)
+                ts.append(Target(n, PORTS[n], p))
+        for t in ts:
+            wait_port(t.port, proc=t.proc)
+        time.sleep(1.0)
+        return ts
+
+    raw = {"started": datetime.datetime.now().isoformat(timespec="seconds"), "args": vars(a),
+           "host": host_info(), "nofile": nofile, "big_k": big_k, "runs": {}}
+    raw["preflight"] = wait_quiet()
+
+    def save():
+        with open(os.path.join(a.out, "raw.json"), "w") as f:
+            json.dump(raw, f, indent=1, default=str)
+
+    def record(sname, t, r, rep):
+        r["rep"] = rep
+        raw["runs"].setdefault(sname, {}).setdefault(t.name, []).append(r)
+        save()
+
+    def interleave(sname, targets, reps, fn, show):
+        """rep r runs the columns in an order rotated by r; a run with steal > max is re-done once
+        (while time allows)."""
+        for rep in range(reps):
+            order = targets[rep % len(targets):] + targets[:rep % len(targets)]
+            for t in order:
+                r = fn(t)
+                if r.get("steal", 0) > a.max_steal and time.time() < deadline - 120:
+                    print("  [%s rep%d] %s steal %.0f%%: re-run" % (sname, rep, t.name, r["steal"]), flush=True)
+                    raw.setdefault("discarded", []).append(dict(r, scenario=sname, target=t.name))
+                    r = fn(t)
+                record(sname, t, r, rep)
+                print("  [%s rep%d] %-9s %s steal=%.0f%%" % (sname, rep, t.name, show(r), r.get("steal", 0)), flush=True)
+
+    def show_wrk(r):
+        return "rps=%s p50=%sms p99=%sms cpu=%sus/req cpu0=%s%% cpu1=%s%% err=%d%s" % (
+            fmt(r["rps"]), fmt(r["p50_ms"], 2), fmt(r["p99_ms"], 2), fmt(r["cpu_us_per_req"]),
+            fmt(r["cpu0_busy"]), fmt(r["cpu1_busy"]), r["non2xx"] + r["sock_err"],
+            (" RAW: " + r["raw"]) if r.get("raw") else "")
+
+    def show_sse(r):
+        return "p50=%s p99=%s ttfe99=%s events=%s/%s peakRSS=%sMB cpu=%s%% %s" % (
+            fmt(r.get("steady_p50_ms"), 2), fmt(r.get("steady_p99_ms"), 2), fmt(r.get("ttfb_p99_ms"), 1),
+            r.get("events"), r.get("expected"), fmt(r.get("peak_rss_mb"), 1), fmt(r.get("proxy_cpu_pct")),
+            r.get("errors") or r.get("error") or "")
+
+    lua_post = os.path.join(rd, "post.lua")
+    with open(lua_post, "w") as f:
+        f.write('wrk.method = "POST"\nwrk.body = string.rep("x", %d)\n'
+                'wrk.headers["Content-Type"] = "application/octet-stream"\n' % a.post_bytes)
+    lua_rate = os.path.join(rd, "rate.lua")
+    with open(lua_rate, "w") as f:  # 4 connections x (20 ms pause + latency) ~ 195 req/s
+        f.write("function delay() return 20 end\n")
+
+    try:
+        # ------------------------------------------------ phase 1: aiohttp upstream
+        if set(scen) & {"get", "post", "lat", "sse1k", "sse10k"}:
+            up = start([py, os.path.join(HERE, "upstream.py"), "--port", str(PORTS["direct"])],
+                       os.path.join(rd, "upstream.log"), a.upstream_cpus)
+            wait_port(PORTS["direct"], proc=up)
+            targets = start_targets(PORTS["direct"], "app", only)
+            raw["idle_rss_mb"] = {t.name: status_kb(t.pids(), "VmRSS") / 1024.0 for t in targets if t.proc}
+            raw["imports"] = import_report(rd)
+            print("idle RSS MB: %s" % raw["idle_rss_mb"], flush=True)
+            print("proxy imports: %s" % raw["imports"], flush=True)
+            if "get" in scen or "post" in scen or "lat" in scen:
+                for t in targets:  # warm-up: pools, caches, first-time allocations
+                    run_wrk(t, a, "/small", duration=1)
+            if "get" in scen:
+                print("== get", flush=True)
+                interleave("get", targets, a.reps, lambda t: run_wrk(t, a, "/small"), show_wrk)
+            if "post" in scen:
+                print("== post16k", flush=True)
+                interleave("post", targets, a.reps, lambda t: run_wrk(t, a, "/echo", lua_post), show_wrk)
+            if "lat" in scen:
+                print("== latency at ~200 req/s", flush=True)
+                lt = [t for t in targets if t.name != "naive"]
+                interleave("lat", lt, a.reps,
+                           lambda t: run_wrk(t, a, "/small", lua_rate, duration=a.lat_duration, conns=4), show_wrk)
+            if "sse1k" in scen:
+                print("== sse K=1000 x %d events @100ms" % a.sse_events, flush=True)
+                interleave("sse1k", targets, a.reps,
+                           lambda t: run_sse(t, a, 1000, a.sse_events, 100, 60), show_sse)
+            if "sse10k" in scen:
+                print("== sse K=%d x %d events @1000ms" % (big_k, a.sse_big_events), flush=True)
+                bt = [t for t in targets if t.name in ("direct", "nginx", "proxy")]
+                for t in bt:
+                    time.sleep(1.0)
+                    r = run_sse(t, a, big_k, a.sse_big_events, 1000, 60 + a.sse_big_events)
+                    record("sse10k", t, r, 0)
+                    print("  [sse10k] %-9s %s steal=%.0f%%" % (t.name, show_sse(r), r.get("steal", 0)), flush=True)
+            raw["access_log"] = access_log_report(rd, "proxy-app")
+            for t in targets:
+                if t.proc:
+                    stop(t.proc)
+            stop(up)
+            time.sleep(0.5)
+
+        # ------------------------------------------------ phase 2: static upstream (capacity, soak)
+        if "static" in scen or "soak" in scen:
+            body = subprocess.run([py, "-c", "import sys; sys.path.insert(0, %r); import upstream; "
+                                   "sys.stdout.write(upstream.SMALL.decode())" % HERE],
+                                  capture_output=True, text=True, check=True).stdout
+            sconf = os.path.join(rd, "static.conf")
+            with open(sconf, "w") as f:
+                f.write(static_conf(rd, static_port, body))
+            sup = start(["nginx", "-p", rd, "-c", sconf, "-e", os.path.join(rd, "static_error.log")],
+                        os.path.join(rd, "static.log"), a.upstream_cpus)
+            wait_port(static_port, proc=sup)
+            if "static" in scen:
+                print("== static upstream: proxy capacity (CPU0 saturated)", flush=True)
+                st = start_targets(static_port, "static", [n for n in only if n != "direct"])
+                for t in st:
+                    run_wrk(t, a, "/small", duration=1)
+                interleave("static", st, a.reps, lambda t: run_wrk(t, a, "/small"), show_wrk)
+                for t in st:
+                    stop(t.proc)
+            if "soak" in scen and "proxy" in only:
+                print("== soak: %d requests through proxy (static upstream)" % a.soak_requests, flush=True)
+                raw["soak"] = soak(a, start_proxy, soak_port, soak_admin, static_port, rd)
+                save()
+            stop(sup)
+
+        raw["elapsed_s"] = time.time() - t_start
+        report = build_report(raw, a)
+        raw["report"] = report
+        save()
+        with open(os.path.join(a.out, "table.txt"), "w") as f:
+            f.write(report + "\n")
+        print("\n" + report)
+        print("results: %s  (%.0f s)" % (a.out, raw["elapsed_s"]))
+        if a.docs:
+            write_docs(a.docs, raw, report, a)
+            print("wrote %s" % a.docs)
+    finally:
+        stop_all()
+        for f in os.listdir(rd):  # access logs of 1M requests are ~300 MB: keep only the numbers
+            if f.endswith(".access.log"):
+                os.unlink(os.path.join(rd, f))
+
+
+def soak(a, start_proxy, port, admin, up_port, rd):
+    p = start_proxy("proxy-soak", port, admin, up_port, False, "static")
+    t = Target("proxy-soak", port, p)
+    time.sleep(1.0)
+    res = {"rss_idle_mb": status_kb(t.pids(), "VmRSS") / 1024.0, "chunks": []}
+    w = run_wrk(t, a, "/small", duration=3)  # warm-up: first-time allocations, pools
+    res["warmup_requests"] = w["requests"]
+    res["rss_warm_mb"] = status_kb(t.pids(), "VmRSS") / 1024.0
+    done, cpu, wall = 0, 0.0, 0.0
+    errs = 0
+    for _ in range(200):  # bounded; normally ~8 chunks
+        if done >= a.soak_requests:
+            break
+        rate = (done / wall) if wall else 8000.0
+        d = max(2, min(a.soak_chunk, int((a.soak_requests - done) / max(rate, 1000.0)) + 1))
+        r = run_wrk(t, a, "/small", duration=d)
+        done += r["requests"]
+        cpu += r["proxy_cpu_s"]
+        wall += r["wall_s"]
+        errs += r["non2xx"] + r["sock_err"]
+        rss = status_kb(t.pids(), "VmRSS") / 1024.0
+        res["chunks"].append({"requests": done, "rps": r["rps"], "rss_mb": rss, "cpu0": r["cpu0_busy"],
+                              "steal": r["steal"], "cpu_us_per_req": r["cpu_us_per_req"]})
+        print("  [soak] %8d requests  %s req/s  RSS %.1f MB  %s us/req  cpu0 %s%%" % (
+            done, fmt(r["rps"]), rss, fmt(r["cpu_us_per_req"]), fmt(r["cpu0_busy"])), flush=True)
+    time.sleep(1.0)
+    res.update(requests=done, errors=errs, rss_after_mb=status_kb(t.pids(), "VmRSS") / 1024.0,
+               cpu_us_per_req=1e6 * cpu / done if done else None, rps=done / wall if wall else None)
+    res["growth_vs_warm_pct"] = 100.0 * (res["rss_after_mb"] / res["rss_warm_mb"] - 1)
+    res["growth_vs_idle_pct"] = 100.0 * (res["rss_after_mb"] / res["rss_idle_mb"] - 1)
+    res["access_log"] = access_log_report(rd, "proxy-soak-static")
+    stop(p)
+    return res
+
+
+def import_report(rd):
+    """Modules the proxy process imported (PYTHONPROFILEIMPORTTIME on its stderr at start-up)."""
+    try:
+        with open(os.path.join(rd, "proxy-app.log")) as f:
+            mods = [ln.rsplit("|", 1)[-1].strip() for ln in f if ln.startswith("import time:")
+                    and "|" in ln and "imported package" not in ln]
+    except OSError:
+        return None
+    mods = [m for m in mods if m]
+    tops = sorted({m.strip().split(".")[0] for m in mods})
+    return {"modules": len(mods), "langgraph_loaded": any(m.startswith("langgraph") or m.startswith("langchain")
+                                                            for m in tops),
+            "top_level": tops}
+
+
+def access_log_report(rd, stem):
+    path = os.path.join(rd, "%s.access.log" % stem)
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.readline()
+        lines = None
+        if size < 50_000_000:
+            with open(path, "rb") as f:
+                lines = sum(1 for _ in f)
+        return {"bytes": size, "lines": lines, "sample": head.decode("utf-8", "replace").strip()}
+    except OSError:
+        return None
+
+
+def host_info():
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = "?"
+    try:
+        with open("/proc/meminfo") as f:
+            mem = "%.1f GiB" % (int(f.readline().split()[1]) / 1048576)
+    except (OSError, ValueError):
+        pass
+
+    def ver(cmd):
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+            return (p.stdout + p.stderr).strip().splitlines()[0]
+        except (OSError, subprocess.SubprocessError, IndexError):
+            return "?"
+    return {"nproc": os.cpu_count(), "cpu": model, "kernel": platform.release(), "mem": mem,
+            "python": platform.python_version(), "nginx": ver(["nginx", "-v"]), "wrk": ver(["wrk", "-v"]),
+            "os": ver(["sh", "-c", ". /etc/os-release; echo $PRETTY_NAME"]),
+            "loadavg_start": open("/proc/loadavg").read().split()[:3]}
+
+
+# ----------------------------------------------------------------------------- report
+TARGETS = [  # (label, test on the summary dict S, shown value)
+    ("CPU per small request <= 100 us (get, proxy)", lambda S: S["get_us"]["proxy"] <= 100, lambda S: "%.0f us" % S["get_us"]["proxy"]),
+    ("CPU per small request <= 2x nginx (get)", lambda S: S["get_us"]["proxy"] <= 2 * S["get_us"]["nginx"],
+     lambda S: "%.2fx" % (S["get_us"]["proxy"] / S["get_us"]["nginx"])),
+    ("CPU per small request <= naive/3 (get)", lambda S: S["get_us"]["proxy"] * 3 <= S["get_us"]["naive"],
+     lambda S: "naive/proxy = %.2fx" % (S["get_us"]["naive"] / S["get_us"]["proxy"])),
+    (">= 10,000 req/s per core (static, CPU0 saturated)", lambda S: S["cap"]["proxy"] >= 10000, lambda S: "%.0f req/s" % S["cap"]["proxy"]),
+    ("added latency p50 <= 0.5 ms at 200 req/s", lambda S: S["lat_add"]["proxy"][0] <= 0.5, lambda S: "%.3f ms" % S["lat_add"]["proxy"][0]),
+    ("added latency p99 <= 2 ms at 200 req/s", lambda S: S["lat_add"]["proxy"][1] <= 2.0, lambda S: "%.3f ms" % S["lat_add"]["proxy"][1]),
+    ("SSE 1k: p99 forwarding delay <= 1.5x nginx", lambda S: S["sse_p99"]["proxy"] <= 1.5 * S["sse_p99"]["nginx"],
+     lambda S: "%.2fx (%.2f vs %.2f ms)" % (S["sse_p99"]["proxy"] / S["sse_p99"]["nginx"], S["sse_p99"]["proxy"], S["sse_p99"]["nginx"])),
+    ("SSE 10k: no event lost", lambda S: S["big"]["proxy"]["events"] == S["big"]["proxy"]["expected"],
+     lambda S: "%d/%d streams=%d" % (S["big"]["proxy"]["events"], S["big"]["proxy"]["expected"], S["big"]["proxy"]["streams"])),
+    ("SSE 10k: proxy peak RSS <= 300 MiB", lambda S: S["big"]["proxy"]["peak"] <= 300, lambda S: "%.0f MiB" % S["big"]["proxy"]["peak"]),
+    ("idle RSS <= 45 MiB", lambda S: S["idle"]["proxy"] <= 45, lambda S: "%.1f MiB" % S["idle"]["proxy"]),
+    ("no LangGraph in the proxy process", lambda S: not S["imports"]["langgraph_loaded"], lambda S: "%d modules" % S["imports"]["modules"]),
+    ("RSS growth over the soak <= 5% (vs after warm-up)", lambda S: S["soak"]["growth_vs_warm_pct"] <= 5,
+     lambda S: "%+.1f%% over %d req" % (S["soak"]["growth_vs_warm_pct"], S["soak"]["requests"])),
+    ("all features <= 1.3x proxy-min (get CPU/req)", lambda S: S["get_us"]["proxy"] <= 1.3 * S["get_us"]["proxy-min"],
+     lambda S: "%.2fx" % (S["get_us"]["proxy"] / S["get_us"]["proxy-min"])),
+]
+
+
+def summary(raw):
+    R = raw["runs"]
+
+    def medk(sname, col, key):
+        return med([r.get(key) for r in R.get(sname, {}).get(col, [])])
+
+    S = {"get_us": {}, "cap": {}, "lat_add": {}, "sse_p99": {}, "big": {}, "idle": raw.get("idle_rss_mb", {}),
+         "imports": raw.get("imports") or {}, "soak": raw.get("soak") or {}}
+    for c in ALL_COLUMNS:
+        S["get_us"][c] = medk("get", c, "cpu_us_per_req")
+        st = R.get("static", {}).get(c, [])
+        S["cap"][c] = med([r["rps"] for r in st if (r.get("cpu0_busy") or 0) >= 85])
+        S["sse_p99"][c] = medk("sse1k", c, "steady_p99_ms")
+        # added latency: per rep, column minus direct of the same rep; then the median
+        lat = R.get("lat", {})
+        adds50, adds99 = [], []
+        for r in lat.get(c, []):
+            d = [x for x in lat.get("direct", []) if x["rep"] == r["rep"]]
+            if d and r.get("p50_ms") is not None and d[0].get("p50_ms") is not None:
+                adds50.append(r["p50_ms"] - d[0]["p50_ms"])
+                adds99.append(r["p99_ms"] - d[0]["p99_ms"])
+        S["lat_add"][c] = (med(adds50), med(adds99), rng(adds50), rng(adds99))
+        b = R.get("sse10k", {}).get(c)
+        if b:
+            S["big"][c] = {"events": b[0].get("events") or 0, "expected": b[0].get("expected") or 0,
+                           "streams": b[0].get("streams") or 0, "ok": b[0].get("ok"),
+                           "peak": b[0].get("peak_rss_mb"), "failed": b[0].get("failed"),
+                           "p99": b[0].get("steady_p99_ms"), "ttfb99": b[0].get("ttfb_p99_ms"),
+                           "cpu_pct": b[0].get("proxy_cpu_pct"), "errors": b[0].get("errors") or b[0].get("error")}
+    return S
+
+
+def build_report(raw, a):
+    R = raw["runs"]
+    cols = [c for c in ALL_COLUMNS if any(c in R.get(s, {}) for s in R) or c in raw.get("idle_rss_mb", {})]
+    L = []
+    w = 22
+
+    def row(label, vals):
+        L.append(("%-34s" % label) + "".join(("%" + str(w) + "s") % v for v in vals))
+
+    def section(title):
+        L.append("")
+        L.append("-- " + title)
+        row("", cols)
+
+    def wrk_rows(sname, label):
+        rs = R.get(sname, {})
+        if not rs:
+            return
+        section("%s (median [min-max] of %d interleaved reps)" % (label, max(len(v) for v in rs.values())))
+        row("proxy CPU us/request", [mm(rs.get(c, []), "cpu_us_per_req") for c in cols])
+        d = med([r["rps"] for r in rs.get("direct", [])])
+        n = med([r["rps"] for r in rs.get("nginx", [])])
+        nus = med([r.get("cpu_us_per_req") for r in rs.get("nginx", [])])
+        row("  CPU/req x nginx", [fmt(ratio(med([r.get("cpu_us_per_req") for r in rs.get(c, [])]), nus), 2) for c in cols])
+        row("req/s", [mm(rs.get(c, []), "rps") for c in cols])
+        row("  req/s x direct", [fmt(ratio(med([r["rps"] for r in rs.get(c, [])]), d), 2) for c in cols])
+        row("  req/s x nginx", [fmt(ratio(med([r["rps"] for r in rs.get(c, [])]), n), 2) for c in cols])
+        row("p50 / p99 ms (wrk, -c%d)" % (4 if sname == "lat" else a.conns),
+            ["%s / %s" % (fmt(med([r["p50_ms"] for r in rs.get(c, [])]), 2), fmt(med([r["p99_ms"] for r in rs.get(c, [])]), 2)) for c in cols])
+        row("CPU0 busy % (proxy core)", [fmt(med([r["cpu0_busy"] for r in rs.get(c, [])])) for c in cols])
+        row("errors (non-2xx + socket)", [str(sum(r["non2xx"] + r["sock_err"] for r in rs.get(c, []))) if c in rs else "-" for c in cols])
+
+    S = summary(raw)
+    L.append("== sidecar benchmark %s  (%s, %d vCPU, kernel %s; proxy pinned to CPU%s, upstream+load CPU%s)" % (
+        raw["started"], raw["host"]["cpu"], raw["host"]["nproc"], raw["host"]["kernel"], a.proxy_cpus, a.upstream_cpus))
+    wrk_rows("get", "GET /small, aiohttp upstream, wrk -t1 -c%d %ds" % (a.conns, a.duration))
+    wrk_rows("post", "POST /echo 16 KiB, wrk -t1 -c%d %ds" % (a.conns, a.duration))
+    if R.get("lat"):
+        section("latency at a fixed ~200 req/s (wrk -c4, 20 ms pause per connection, %ds)" % a.lat_duration)
+        lat = R["lat"]
+        row("achieved req/s", [mm(lat.get(c, []), "rps") for c in cols])
+        row("p50 ms", [mm(lat.get(c, []), "p50_ms", 3) for c in cols])
+        row("p99 ms", [mm(lat.get(c, []), "p99_ms", 3) for c in cols])
+        row("added p50 ms over direct", ["%s [%s..%s]" % (fmt(S["lat_add"][c][0], 3), fmt(S["lat_add"][c][2][0], 3), fmt(S["lat_add"][c][2][1], 3))
+                                         if S["lat_add"][c][0] is not None and c != "direct" else "-" for c in cols])
+        row("added p99 ms over direct", ["%s [%s..%s]" % (fmt(S["lat_add"][c][1], 3), fmt(S["lat_add"][c][3][0], 3), fmt(S["lat_add"][c][3][1], 3))
+                                         if S["lat_add"][c][1] is not None and c != "direct" else "-" for c in cols])
+        row("proxy CPU us/request", [mm(lat.get(c, []), "cpu_us_per_req") for c in cols])
+    if R.get("sse1k"):
+        rs = R["sse1k"]
+        section("SSE 1,000 streams x %d events @100 ms (10k events/s; delay = client recv - upstream send; "
+                "first 5 events/stream skipped)" % a.sse_events)
+        row("p50 delay ms", [mm(rs.get(c, []), "steady_p50_ms", 2) for c in cols])
+        row("p99 delay ms", [mm(rs.get(c, []), "steady_p99_ms", 2) for c in cols])
+        row("  p99 x nginx", [fmt(ratio(S["sse_p99"][c], S["sse_p99"]["nginx"]), 2) for c in cols])
+        row("  p99 x direct", [fmt(ratio(S["sse_p99"][c], S["sse_p99"]["direct"]), 2) for c in cols])
+        row("time to first event p50 / p99 ms", ["%s / %s" % (fmt(med([r.get("ttfb_p50_ms") for r in rs.get(c, [])]), 1),
+                                                              fmt(med([r.get("ttfb_p99_ms") for r in rs.get(c, [])]), 1)) for c in cols])
+        row("events received / expected", ["%d/%d" % (sum(r.get("events") or 0 for r in rs.get(c, [])),
+                                                      sum(r.get("expected") or 0 for r in rs.get(c, []))) if c in rs else "-" for c in cols])
+        row("proxy peak RSS MiB", [mm(rs.get(c, []), "peak_rss_mb", 1) for c in cols])
+        row("proxy CPU us/event", [mm(rs.get(c, []), "cpu_us_per_event", 1) for c in cols])
+    if R.get("sse10k"):
+        section("SSE %d concurrent streams x %d events @1 s (1 run each)" % (raw["big_k"], a.sse_big_events))
+        B = S["big"]
+        row("events received / expected", ["%d/%d" % (B[c]["events"], B[c]["expected"]) if c in B else "-" for c in cols])
+        row("streams ok / failed", ["%s/%s" % (B[c]["ok"], B[c]["failed"]) if c in B else "-" for c in cols])
+        row("proxy peak RSS MiB", [fmt(B[c]["peak"], 1) if c in B else "-" for c in cols])
+        row("p99 delay ms / TTFE p99 ms", ["%s / %s" % (fmt(B[c]["p99"], 1), fmt(B[c]["ttfb99"], 0)) if c in B else "-" for c in cols])
+        row("proxy CPU %", [fmt(B[c]["cpu_pct"]) if c in B else "-" for c in cols])
+    wrk_rows("static", "capacity: GET /small, static nginx upstream on CPU1, wrk -c%d %ds" % (a.conns, a.duration))
+    if R.get("static"):
+        row("capacity req/s per core (CPU0>=85%)", [fmt(S["cap"].get(c)) for c in cols])
+    if raw.get("idle_rss_mb"):
+        section("memory")
+        row("idle RSS MiB (process tree)", [fmt(raw["idle_rss_mb"].get(c), 1) for c in cols])
+    sk = raw.get("soak")
+    if sk:
+        L.append("")
+        L.append("-- soak: proxy (all features), static upstream: %d requests at %s req/s, %s us/req, %d errors" % (
+            sk["requests"], fmt(sk["rps"]), fmt(sk["cpu_us_per_req"]), sk["errors"]))
+        L.append("   RSS MiB idle %.1f -> after 3 s warm-up %.1f -> after soak %.1f  (growth %+.1f%% vs warm-up, %+.1f%% vs idle)" % (
+            sk["rss_idle_mb"], sk["rss_warm_mb"], sk["rss_after_mb"], sk["growth_vs_warm_pct"], sk["growth_vs_idle_pct"]))
+        L.append("   RSS trajectory: " + " ".join("%dk:%.1f" % (c["requests"] // 1000, c["rss_mb"]) for c in sk["chunks"]))
+    L.append("")
+    L.append("-- targets (same-run ratios)")
+    for label, test, show in TARGETS:
+        try:
+            ok = "PASS" if test(S) else "FAIL"
+            val = show(S)
+        except (KeyError, TypeError, ZeroDivisionError, IndexError):
+            ok, val = "n/a", "not measured"
+        L.append("  %-4s %-52s %s" % (ok, label, val))
+    steals = [r.get("steal", 0) for s in R.values() for rs in s.values() for r in rs]
+    L.append("")
+    L.append("host: steal %% of kept runs median %s max %s; %d runs re-done for steal > %.0f%%; total %.0f s" % (
+        fmt(med(steals), 1), fmt(max(steals) if steals else None, 1), len(raw.get("discarded", [])), a.max_steal,
+        raw.get("elapsed_s", 0)))
+    if raw.get("access_log"):
+        al = raw["access_log"]
+        L.append("proxy access log (stdout -> file): %s lines, %.1f MB during phase 1" % (al.get("lines"), al["bytes"] / 1e6))
+    return "\n".join(L)
+
+
+def write_docs(path, raw, report, a):
+    h = raw["host"]
+    prof = ""
+    if a.profile_summary and os.path.exists(a.profile_summary):
+        with open(a.profile_summary) as f:
+            prof = f.read()
+    tmpl_path = os.path.join(HERE, "benchmarks_template.md")
+    with open(tmpl_path) as f:
+        tmpl = f.read()
+    sk = raw.get("soak") or {}
+    al = raw.get("access_log") or {}
+    out = tmpl.format(
+        date=raw["started"], cpu=h["cpu"], nproc=h["nproc"], kernel=h["kernel"], mem=h["mem"], os=h["os"],
+        python=h["python"], nginx=h["nginx"], wrk=h["wrk"], nofile=raw["nofile"], big_k=raw["big_k"],
+        elapsed="%.0f" % raw.get("elapsed_s", 0), report=report, profile=prof or "_(no profile summary found)_",
+        access_sample=al.get("sample", "-"), reps=a.reps, soak_requests=sk.get("requests", "-"),
+        cmd="bench/run.sh" + (" --quick" if a.quick else ""))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(out)
+
+
+if __name__ == "__main__":
+    main()

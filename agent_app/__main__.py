@@ -11,6 +11,7 @@ import sys
 
 from aiohttp import web
 
+from agent_app import api
 from agent_app.graph import DEFAULT_RECURSION_LIMIT
 from agent_app.llm import token_delay_from_env
 from agent_app.server import Settings, create_app
@@ -59,7 +60,9 @@ async def serve(args: argparse.Namespace) -> None:
     app = create_app(settings)
     # handler_cancellation: a client that goes away cancels its handler within milliseconds,
     # which is what cancels its run; without it aiohttp notices only on the next write.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log_format=ACCESS_LOG_FORMAT)
+    runner = web.AppRunner(
+        app, handler_cancellation=True, access_log_format=ACCESS_LOG_FORMAT, shutdown_timeout=5
+    )
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)
     await site.start()
@@ -75,6 +78,9 @@ async def serve(args: argparse.Namespace) -> None:
         await stop.wait()
     finally:
         log.info("shutting down")
+        # Cancel runs first: their streams then end and aiohttp need not wait out open handlers.
+        if api.RUNS in app:
+            await app[api.RUNS].shutdown()
         await runner.cleanup()
 
 

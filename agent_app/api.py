@@ -274,8 +274,7 @@ async def _start_run(request: web.Request, *, stateless: bool) -> tuple[Run, str
             if if_not_exists != "create":
                 raise ApiError(404, _NOT_FOUND)
             await store.create_thread(thread_id, {})
-            thread = await store.get_thread(thread_id)
-            assert thread is not None
+            thread = {"metadata": {}, "status": "idle"}
         # Like the server: the thread remembers which graph it belongs to.
         thread_metadata = {
             **thread["metadata"],

@@ -212,3 +212,21 @@ async def test_tokens_arrive_spread_out_not_buffered(http: aiohttp.ClientSession
             arrivals.extend([time.monotonic()] * chunk.count(b"event: messages"))
     assert len(arrivals) == 40
     assert arrivals[-1] - arrivals[0] >= 0.3
+
+
+@pytest.mark.slow
+async def test_quiet_runs_get_heartbeats(http: aiohttp.ClientSession, tmp_path) -> None:
+    from agent_procs import start_agent
+
+    # One token after 5.5 s of silence: the stream gets an SSE comment, the wait a newline.
+    slow = start_agent(tmp_path, token_delay=5.5, name="slow")
+    try:
+        body = {"assistant_id": "agent", "input": human("SLOW 1"), "stream_mode": "messages-tuple"}
+        stream_request = http.post(f"{slow.url}/runs/stream", json=body)
+        wait_request = http.post(f"{slow.url}/runs/wait", json={**body, "stream_mode": "values"})
+        async with await stream_request as stream, await wait_request as wait:
+            streamed, waited = await asyncio.gather(stream.read(), wait.read())
+    finally:
+        slow.stop()
+    assert b"\r\n\r\n: heartbeat\r\n\r\nevent: messages\r\n" in streamed
+    assert waited.startswith(b"\n{") and json.loads(waited)["messages"][-1]["content"] == "1"

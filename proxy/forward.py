@@ -262,7 +262,9 @@ class Forwarder:
             ex.upstream_failure = True
             if scanner is not None:
                 try:
-                    await resp.write(E.sse_error_event(e.type, str(e), ex.request_id))
+                    # end a half-written event first, so the error event parses on its own
+                    prefix = b"\r\n\r\n" if scanner.mid_event else b""
+                    await resp.write(prefix + E.sse_error_event(e.type, str(e), ex.request_id))
                     await resp.write_eof()
                 except _CLIENT_GONE:
                     pass

@@ -26,6 +26,11 @@ class SSEScanner:
         self._event_name = None
         self._cr = False             # previous chunk ended in \r (a CRLF may be split)
 
+    @property
+    def mid_event(self) -> bool:
+        """True when the bytes so far end inside an event (a line or an event not terminated)."""
+        return self._line_len > 0 or self._has_field or self._cr
+
     def feed(self, chunk: bytes) -> int:
         """Scan a chunk; returns the number of events it completed."""
         before = self.events

@@ -129,6 +129,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.keep_alive = p.should_keep_alive()
         self.upgrade = p.should_upgrade()
         self.first_byte_at = None
+        if self.idle and (self._timer is None or self._timer.when() > self.last_rx + self.idle):
+            self._arm()  # the first-byte timer was set later than the idle deadline now due
         if not self.head_only and self.status not in (204, 304):
             framed = False
             for k, _ in self.raw_headers:

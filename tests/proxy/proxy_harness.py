@@ -321,7 +321,9 @@ class FaultUpstream:
         self._record(request)
         resp = web.StreamResponse(headers={"Content-Type": request.query.get("ctype", "application/json")})
         await resp.prepare(request)
-        await resp.write(b'{"partial": ')
+        sse = resp.content_type == "text/event-stream"
+        await resp.write(b'event: metadata\r\ndata: {"run_id": "r"}\r\n\r\nevent: values\r\ndata: {"par' if sse
+                         else b'{"partial": ')
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
@@ -352,6 +354,14 @@ class FaultUpstream:
         await asyncio.sleep(0.05)
         request.transport.abort()
         return resp
+
+    async def h_drop(self, request):
+        """Reads the request, then closes the connection without answering."""
+        await request.read()
+        self._record(request)
+        request.transport.abort()
+        await asyncio.sleep(0.01)
+        return web.Response()
 
     async def h_wait(self, request):
         """LangGraph /runs/wait shape: newlines while waiting, then JSON (maybe an __error__)."""

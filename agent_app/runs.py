@@ -60,6 +60,7 @@ class Run:
     result: Any = None
     status: str = "pending"
     listening: bool = True
+    started: bool = False
 
     async def events(self) -> AsyncIterator[tuple[str, Any]]:
         """Yield events until the run ends (no ``end`` event, as on the real server)."""
@@ -104,6 +105,7 @@ class RunManager:
         self._store = store
         self._runs: dict[str, Run] = {}
         self._thread_locks: dict[str, asyncio.Lock] = {}
+        self._background: set[asyncio.Future[None]] = set()
 
     def get_local(self, run_id: str) -> Run | None:
         return self._runs.get(run_id)
@@ -129,6 +131,7 @@ class RunManager:
         )
         self._runs[run.run_id] = run
         run.task = asyncio.create_task(self._execute(run, lock), name=f"run-{run.run_id}")
+        run.task.add_done_callback(lambda task: self._on_task_done(run, task))
         return run
 
     def cancel(self, run_id: str) -> bool:
@@ -146,32 +149,41 @@ class RunManager:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _execute(self, run: Run, lock: asyncio.Lock) -> None:
-        spec = run.spec
+        run.started = True
         run.emit("metadata", {"run_id": run.run_id, "attempt": 1})
         try:
             async with lock:
                 await self._set_status(run, "running", thread_status="busy")
-                try:
-                    await self._stream_graph(run)
-                except asyncio.CancelledError:
-                    await self._set_status(run, "interrupted", thread_status="interrupted")
-                    raise
-                except Exception as exc:  # the graph's failure is the run's result, not ours
-                    log.info("run %s failed: %s: %s", run.run_id, type(exc).__name__, exc)
-                    error = {"error": type(exc).__name__, "message": str(exc)}
-                    run.result = {"__error__": error}
-                    run.emit("error", error)
-                    await self._set_status(run, "error", thread_status="error")
-                else:
-                    await self._set_status(run, "success", thread_status="idle")
+                await self._stream_graph(run)
         except asyncio.CancelledError:
-            if run.status == "pending":  # cancelled while queued behind another run
-                await self._set_status(run, "interrupted", thread_status=None)
+            # Cancelled while queued behind another run of the thread: that thread isn't ours to mark.
+            thread_status = "interrupted" if run.status == "running" else None
+            await self._set_status(run, "interrupted", thread_status=thread_status)
             raise
+        except Exception as exc:  # the graph's failure is the run's result, not ours
+            log.info("run %s failed: %s: %s", run.run_id, type(exc).__name__, exc)
+            error = {"error": type(exc).__name__, "message": str(exc)}
+            run.result = {"__error__": error}
+            run.emit("error", error)
+            await self._set_status(run, "error", thread_status="error")
+        else:
+            await self._set_status(run, "success", thread_status="idle")
         finally:
-            run.queue.put_nowait(_DONE)
-            # Keep finished runs briefly for /cancel and /wait races, but not forever.
-            asyncio.get_running_loop().call_later(60, self._runs.pop, run.run_id, None)
+            self._finish(run)
+
+    def _finish(self, run: Run) -> None:
+        run.queue.put_nowait(_DONE)
+        # Keep finished runs briefly for /cancel and /wait races, but not forever.
+        asyncio.get_running_loop().call_later(60, self._runs.pop, run.run_id, None)
+
+    def _on_task_done(self, run: Run, task: asyncio.Task[None]) -> None:
+        # A task cancelled before its first step never runs its body, so nothing else would
+        # end its listeners' streams or record the interruption.
+        if task.cancelled() and not run.started:
+            run.status = "interrupted"
+            self._finish(run)
+            self._background.add(bg := asyncio.ensure_future(self._store.update_run(run.run_id, "interrupted")))
+            bg.add_done_callback(self._background.discard)
 
     async def _set_status(self, run: Run, status: str, *, thread_status: str | None) -> None:
         run.status = status

@@ -1,0 +1,59 @@
+"""RunManager in-process: cancellation at any moment ends the run's stream and records it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiosqlite
+import pytest
+
+from agent_app.assistants import Assistant
+from agent_app.graph import build_graph
+from agent_app.model import OfflineChatModel
+from agent_app.runs import RunManager, RunSpec, ThreadBusyError
+from agent_app.store import SqliteStore
+
+
+@pytest.fixture
+async def manager(tmp_path: Path):
+    async with aiosqlite.connect(tmp_path / "runs.sqlite") as conn:
+        store = SqliteStore(conn)
+        await store.setup()
+        await store.create_thread("t1", {})
+        yield RunManager(store), store
+
+
+def spec(text: str, **kwargs) -> RunSpec:
+    graph = build_graph(OfflineChatModel(token_delay=0.01))
+    return RunSpec(Assistant("agent", graph, graph), "t1", {"messages": [("user", text)]}, stateless=True, **kwargs)
+
+
+@pytest.mark.parametrize("after", [0, 1, 3], ids=["before-start", "after-metadata", "mid-stream"])
+async def test_cancel_at_any_point_ends_the_stream_and_records_interrupted(manager, after: int) -> None:
+    runs, store = manager
+    run = await runs.start(spec("SLOW 1000", stream_modes=["messages-tuple"]))
+    seen = []
+    if after:
+        async for event in run.events():
+            seen.append(event[0])
+            if len(seen) >= after:
+                break
+    assert runs.cancel(run.run_id)
+    rest = [event async for event in run.events()]  # must end, not hang
+    assert "error" not in [e for e, _ in rest]
+    await asyncio.sleep(0.05)
+    assert (await store.get_run(run.run_id))["status"] == "interrupted"
+    assert not runs.cancel(run.run_id), "a finished run cannot be cancelled again"
+
+
+async def test_runs_on_one_thread_queue_and_reject_when_asked(manager) -> None:
+    runs, store = manager
+    first = await runs.start(spec("SLOW 20"))
+    second = await runs.start(spec("SLOW 2"))
+    with pytest.raises(ThreadBusyError):
+        await runs.start(spec("hi", multitask_strategy="reject"))
+    await asyncio.gather(first.task, second.task)
+    assert (await store.get_run(first.run_id))["status"] == "success"
+    assert (await store.get_run(second.run_id))["status"] == "success"
+    assert first.result["messages"][-1].content.endswith("20")

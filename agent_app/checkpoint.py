@@ -11,7 +11,6 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import aiosqlite
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
@@ -48,12 +47,12 @@ async def open_persistence(db_path: str, database_uri: str | None = None) -> Asy
 async def _open_sqlite(db_path: str) -> AsyncIterator[Persistence]:
     directory = os.path.dirname(os.path.abspath(db_path))
     os.makedirs(directory, exist_ok=True)
-    async with AsyncSqliteSaver.from_conn_string(db_path) as saver, aiosqlite.connect(db_path) as conn:
-        # WAL lets the checkpointer's connection and ours write without "database is locked".
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute("PRAGMA busy_timeout=5000")
+    async with AsyncSqliteSaver.from_conn_string(db_path) as saver:
+        # WAL: readers (e.g. a backup or a second process inspecting the file) don't block writes.
+        await saver.conn.execute("PRAGMA journal_mode=WAL")
+        await saver.conn.execute("PRAGMA busy_timeout=5000")
         await saver.setup()
-        store = SqliteStore(conn)
+        store = SqliteStore(saver.conn, saver.lock)
         await store.setup()
         yield Persistence(saver, store, f"sqlite:{os.path.abspath(db_path)}")
 

@@ -6,6 +6,7 @@ sees the same threads and run statuses.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import json
 from typing import Any
@@ -115,21 +116,28 @@ class Store:
 
 
 class SqliteStore(Store):
-    """:class:`Store` on an aiosqlite connection (its own, beside the checkpointer's)."""
+    """:class:`Store` on the checkpointer's own aiosqlite connection, under its lock.
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    One connection for both: two connections to one SQLite file fail with "database is locked"
+    whenever a cancelled run leaves the checkpointer mid-transaction.
+    """
+
+    def __init__(self, conn: aiosqlite.Connection, lock: asyncio.Lock | None = None) -> None:
         self._conn = conn
-        self._conn.row_factory = aiosqlite.Row
+        self._lock = lock or asyncio.Lock()
 
     async def _execute(self, sql: str, params: tuple[Any, ...]) -> int:
-        cursor = await self._conn.execute(sql, params)
-        await self._conn.commit()
-        return cursor.rowcount
+        async with self._lock:
+            cursor = await self._conn.execute(sql, params)
+            await self._conn.commit()
+            return cursor.rowcount
 
     async def _fetchone(self, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
-        async with self._conn.execute(sql, params) as cursor:
+        async with self._lock, self._conn.execute(sql, params) as cursor:
             row = await cursor.fetchone()
-        return dict(row) if row is not None else None
+            # Not a row_factory: the connection is shared and the checkpointer expects tuples.
+            names = [column[0] for column in cursor.description]
+        return dict(zip(names, row, strict=True)) if row is not None else None
 
 
 class PostgresStore(Store):

@@ -44,7 +44,8 @@ class Pipeline:
         forward = Forwarder(rt.pool, max_body=cfg.limits.max_body_bytes,
                             body_read_timeout=cfg.server.body_read_timeout,
                             deadline_header=cfg.timeouts.deadline_header,
-                            on_client_gone=rt.canceller.cancel_later, run_tracker=RunTracker())
+                            on_client_gone=rt.canceller.cancel_later, run_tracker=RunTracker(),
+                            streams_gauge=m.in_flight_streams)
         access = rt.access_log if cfg.logging.access_log else None
         budget = rt.retry_budget(cfg.retries)
 

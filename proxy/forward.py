@@ -41,7 +41,8 @@ class Forwarder:
     """
 
     def __init__(self, pool: UpstreamPool, *, max_body: int, body_read_timeout: float,
-                 deadline_header: str | None = None, on_client_gone=None, run_tracker=None):
+                 deadline_header: str | None = None, on_client_gone=None, run_tracker=None,
+                 streams_gauge=None):
         self.pool = pool
         self.loop = pool.loop
         self.max_body = max_body
@@ -49,6 +50,7 @@ class Forwarder:
         self.deadline_header = deadline_header.encode() if deadline_header else None
         self.on_client_gone = on_client_gone
         self.run_tracker = run_tracker
+        self.streams_gauge = streams_gauge
 
     # ---------------------------------------------------------------- request side
     async def _read_small_body(self, request) -> bytes:
@@ -227,8 +229,12 @@ class Forwarder:
         if clen is not None:
             resp.content_length = clen
         scanner = None
+        gauge = None
         if sse:
             ex.is_stream = True
+            gauge = self.streams_gauge
+            if gauge is not None:
+                gauge.inc()
             scanner = SSEScanner()
             t = route.timeouts
             conn.set_stream_timeouts(total=t.stream, total_kind="stream", idle=t.idle,
@@ -240,6 +246,7 @@ class Forwarder:
         ex.headers_sent = True
         sent = 0
         head_bytes = None
+        completed = False
         try:
             while True:
                 chunk = await conn.next_chunk()
@@ -255,6 +262,7 @@ class Forwarder:
                 await resp.write(chunk)
             ex.upstream_time = monotonic() - ex.upstream_start
             await resp.write_eof()
+            completed = True
         except E.ProxyError as e:
             # the upstream failed after the client got headers: end the stream unmistakably
             ex.upstream_time = monotonic() - ex.upstream_start
@@ -273,15 +281,24 @@ class Forwarder:
                 if tr is not None:
                     tr.abort()
         except _CLIENT_GONE:
+            if route.cancel_on_disconnect and self.on_client_gone is not None:
+                self.on_client_gone(ex)
             raise E.ClientGone() from None
+        except asyncio.CancelledError:
+            if route.cancel_on_disconnect and self.on_client_gone is not None:
+                self.on_client_gone(ex)
+            raise
         finally:
+            if gauge is not None:
+                gauge.dec()
             ex.resp_bytes = sent
             if scanner is not None:
                 ex.events = scanner.events
-                if tracker is not None:
+            if tracker is not None and completed:
+                if scanner is not None:
                     tracker.stream_end(ex, scanner)
-            elif tracker is not None and head_bytes is not None:
-                tracker.wait_body(ex, head_bytes)
+                elif head_bytes is not None:
+                    tracker.wait_body(ex, head_bytes)
         return resp
 
 

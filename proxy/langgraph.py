@@ -48,7 +48,7 @@ class RunTracker:
             ex.run_outcome = "run_error"
             log.warning("run stream ended with an error event", extra={"fields": {
                 "request_id": ex.request_id, "route": ex.route.name}})
-        elif ex.outcome != "client_disconnect":
+        else:
             ex.run_outcome = "success"
 
 

@@ -379,9 +379,12 @@ class FaultUpstream:
         return resp
 
     async def h_threads(self, request):
-        """LangGraph run cancel endpoint: POST /threads/{tid}/runs/{rid}/cancel → 202."""
-        self._record(request)
+        """LangGraph-shaped: .../cancel → 202 (recorded), .../stream → SSE, else JSON."""
+        if not request.path.endswith("/stream") and request.path.endswith("/cancel"):
+            self._record(request)
         if request.path.endswith("/cancel"):
             self.cancels.append(request.path_qs)
             return web.Response(status=202)
-        return await self.h_sse(request)
+        if request.path.endswith("/stream"):
+            return await self.h_sse(request)
+        return await self.h_default(request)

@@ -285,3 +285,33 @@ async def test_post_is_not_retried_once_it_reached_the_upstream(upstream, make_p
     s = await scrape(p.admin)
     assert metric(s, "sidecar_retries_total") == 2
     await ok_after(session, p)
+
+
+async def test_cancel_on_disconnect_cancels_the_run_upstream(upstream, make_proxy, session):
+    tid, rid = "00000000-0000-0000-0000-000000000001", "00000000-0000-0000-0000-000000000002"
+    p = make_proxy(upstream.url, {"routes": [
+        {"name": "run_stream_cancel", "path": "/threads/{thread_id}/runs/stream", "methods": ["POST"],
+         "cancel_on_disconnect": True, "run_kind": "stream"}]})
+    r = await session.post(p.url + f"/threads/{tid}/runs/stream?events=50&interval=0.1", data=b"{}",
+                           headers={"X-Request-ID": "abandon-1"})
+    await r.content.readuntil(b"\r\n\r\n")
+    r.close()
+    for _ in range(100):
+        if upstream.cancels:
+            break
+        await asyncio.sleep(0.02)
+    assert upstream.cancels == [f"/threads/{tid}/runs/{rid}/cancel?action=interrupt"]
+    cancel_req = [x for x in upstream.seen if x["path"].endswith("/cancel?action=interrupt")][0]
+    assert cancel_req["method"] == "POST" and cancel_req["headers"]["X-Request-ID"] == "abandon-1"
+    await asyncio.sleep(0.1)
+    s = await scrape(p.admin)
+    assert metric(s, "sidecar_run_cancels_total", route="run_stream_cancel", result="cancelled") == 1
+    # the default route table does not cancel (the user did not ask for it)
+    r = await session.post(p.url + f"/threads/{tid}/runs/{rid}/stream-x?events=50", data=b"{}")
+    r.close()
+    r = await session.get(p.url + "/sse?events=50&interval=0.1")
+    await r.content.readuntil(b"\r\n\r\n")
+    r.close()
+    await asyncio.sleep(0.3)
+    assert len(upstream.cancels) == 1
+    await ok_after(session, p)

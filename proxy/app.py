@@ -24,6 +24,7 @@ from .policies.timeouts import Timeouts
 from .routes import RouteTable
 from .telemetry import AccessLog, Telemetry
 from .upstream import UpstreamPool
+from .websocket import WebSocketRelay
 
 log = logging.getLogger("proxy")
 
@@ -45,7 +46,7 @@ class Pipeline:
                             body_read_timeout=cfg.server.body_read_timeout,
                             deadline_header=cfg.timeouts.deadline_header,
                             on_client_gone=rt.canceller.cancel_later, run_tracker=RunTracker(),
-                            streams_gauge=m.in_flight_streams)
+                            streams_gauge=m.in_flight_streams, websocket=rt.websocket)
         access = rt.access_log if cfg.logging.access_log else None
         budget = rt.retry_budget(cfg.retries)
 
@@ -98,6 +99,7 @@ class Runtime:
         self.access_log = AccessLog(cfg.logging.format)
         self.pool = self._make_pool(cfg.upstream)
         self.canceller = RunCanceller(self.pool, self.metrics)
+        self.websocket = WebSocketRelay(cfg.upstream.url, self.metrics, cfg.upstream.connect_timeout)
         self.breakers: dict[str, Breaker] = {}
         self._budget = None
         self.state = "starting"          # starting → ready → draining
@@ -146,6 +148,9 @@ class Runtime:
             old = self.pool
             self.pool = self._make_pool(cfg.upstream)
             self.canceller = RunCanceller(self.pool, self.metrics)
+            old_ws = self.websocket
+            self.websocket = WebSocketRelay(cfg.upstream.url, self.metrics, cfg.upstream.connect_timeout)
+            self.loop.call_later(max(cfg.server.shutdown_grace, 1), lambda: self.loop.create_task(old_ws.close()))
             self.loop.call_later(max(cfg.server.shutdown_grace, 1), lambda: self.loop.create_task(old.close()))
         self.access_log.fmt = cfg.logging.format
         logging.getLogger().setLevel(cfg.logging.level.upper())

@@ -19,6 +19,7 @@ from .exchange import Exchange
 from .headers import HOP_BY_HOP, connection_tokens, upstream_head
 from .sse import SSEScanner
 from .upstream import UpstreamConnection, UpstreamPool
+from .websocket import is_upgrade
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -42,7 +43,7 @@ class Forwarder:
 
     def __init__(self, pool: UpstreamPool, *, max_body: int, body_read_timeout: float,
                  deadline_header: str | None = None, on_client_gone=None, run_tracker=None,
-                 streams_gauge=None):
+                 streams_gauge=None, websocket=None):
         self.pool = pool
         self.loop = pool.loop
         self.max_body = max_body
@@ -51,6 +52,7 @@ class Forwarder:
         self.on_client_gone = on_client_gone
         self.run_tracker = run_tracker
         self.streams_gauge = streams_gauge
+        self.websocket = websocket
 
     # ---------------------------------------------------------------- request side
     async def _read_small_body(self, request) -> bytes:
@@ -109,6 +111,8 @@ class Forwarder:
     # ---------------------------------------------------------------- the exchange
     async def __call__(self, request, ex: Exchange) -> web.StreamResponse:
         method = ex.method
+        if self.websocket is not None and "Upgrade" in request.headers and is_upgrade(request):
+            return await self.websocket(request, ex)
         route = ex.route
         t = route.timeouts
         framing, stream_body = self._framing(request, method)

@@ -104,6 +104,7 @@ class Lifecycle:
             t.cancel()
         await runner.cleanup()
         await rt.pool.close()
+        await rt.websocket.close()
         rt.access_log.flush()
         log.info("stopped")
 

@@ -22,6 +22,8 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
+WS_HEADERS = web.AppKey("ws_headers", list)
+WS_CLOSED = web.AppKey("ws_closed", list)
 
 
 def free_port() -> int:
@@ -180,6 +182,9 @@ class FaultUpstream:
 
     async def start(self, port: int = 0) -> "FaultUpstream":
         app = web.Application(client_max_size=1 << 31)
+        app[WS_HEADERS], app[WS_CLOSED] = [], []
+        self.app = app
+        app.router.add_get("/threads/{tid}/stream/events", ws_echo_handler)
         app.router.add_route("*", "/{tail:.*}", self.dispatch)
         self.runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self.runner.setup()
@@ -388,3 +393,20 @@ class FaultUpstream:
         if request.path.endswith("/stream"):
             return await self.h_sse(request)
         return await self.h_default(request)
+
+
+async def ws_echo_handler(request):
+    """Upstream WebSocket: echoes, answers "close-me" by closing with 4001, records headers."""
+    ws = web.WebSocketResponse(protocols=("v1.langgraph",))
+    await ws.prepare(request)
+    request.app[WS_HEADERS].append(dict(request.headers))
+    async for msg in ws:
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            if msg.data == "close-me":
+                await ws.close(code=4001, message=b"bye")
+                break
+            await ws.send_str("echo:" + msg.data)
+        elif msg.type == aiohttp.WSMsgType.BINARY:
+            await ws.send_bytes(msg.data[::-1])
+    request.app[WS_CLOSED].append(ws.close_code)
+    return ws

@@ -1,0 +1,154 @@
+"""WebSocket pass-through (LangGraph's ``/threads/{thread_id}/stream/events`` and any upgrade).
+
+Upgrades are rare and long-lived, so this path uses aiohttp's WebSocket client and server
+instead of the raw pool: frames are relayed both ways as they come, a close on either side is
+propagated to the other with its code, and the route's ``idle`` timeout closes a silent socket.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from time import monotonic
+
+import aiohttp
+from aiohttp import web
+
+from . import errors as E
+from .headers import HOP_BY_HOP
+
+log = logging.getLogger("proxy.websocket")
+_SKIP = HOP_BY_HOP | {b"host", b"content-length", b"sec-websocket-key", b"sec-websocket-version",
+                      b"sec-websocket-extensions", b"sec-websocket-protocol", b"x-request-id",
+                      b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+
+
+def is_upgrade(request) -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+class WebSocketRelay:
+    """Relays one WebSocket session; counted as a stream (outcome) and per-message metrics."""
+
+    def __init__(self, upstream_url: str, metrics, connect_timeout: float):
+        self.base = upstream_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+        self.m = metrics
+        self.connect_timeout = connect_timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def __call__(self, request, ex) -> web.StreamResponse:
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers
+                   if k.lower() not in _SKIP]
+        fwd = request.headers.get("X-Forwarded-For")
+        headers += [("X-Forwarded-For", f"{fwd}, {ex.client_ip}" if fwd else (ex.client_ip or "")),
+                    ("X-Forwarded-Proto", request.scheme), ("X-Forwarded-Host", request.host),
+                    ("X-Request-ID", ex.request_id)]
+        protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+        t = ex.route.timeouts
+        ex.upstream_start = monotonic()
+        try:
+            up = await self.session().ws_connect(
+                self.base + request.raw_path, headers=headers, protocols=protocols, autoping=True,
+                heartbeat=None, max_msg_size=0, compress=0,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+                autoclose=False)
+        except aiohttp.WSServerHandshakeError as e:
+            ex.status = e.status
+            raise _UpstreamRefused(e.status, e.message or "upstream refused the WebSocket upgrade") from None
+        except (aiohttp.ClientConnectorError, OSError) as e:
+            raise E.UpstreamConnectError(f"cannot connect to upstream for a WebSocket: {e}") from None
+        except asyncio.TimeoutError:
+            raise E.UpstreamTimeout("connect") from None
+        ex.ttfb = monotonic() - ex.upstream_start
+        ws = web.WebSocketResponse(protocols=[up.protocol] if up.protocol else (), autoping=True,
+                                   max_msg_size=0, autoclose=False, compress=False)
+        await ws.prepare(request)
+        ex.status = 101
+        ex.headers_sent = True
+        ex.is_stream = True
+        gauge = self.m.in_flight_streams
+        gauge.inc()
+        route = ex.route.name
+        up_count = self.m.websocket_messages.labels(route, "client_to_upstream")
+        down_count = self.m.websocket_messages.labels(route, "upstream_to_client")
+        idle = t.idle
+        last = [asyncio.get_running_loop().time()]
+
+        async def pump(src, dst, counter):
+            async for msg in src:
+                last[0] = asyncio.get_running_loop().time()
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    await dst.send_str(msg.data)
+                elif msg.type == aiohttp.WSMsgType.BINARY:
+                    await dst.send_bytes(msg.data)
+                elif msg.type == aiohttp.WSMsgType.PING:
+                    await dst.ping(msg.data)
+                elif msg.type == aiohttp.WSMsgType.PONG:
+                    await dst.pong(msg.data)
+                elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+                    break
+                else:
+                    continue
+                counter.inc()
+                ex.events += 1
+            return src
+
+        async def idle_watch():
+            loop = asyncio.get_running_loop()
+            while True:
+                wait = last[0] + idle - loop.time()
+                if wait <= 0:
+                    return None
+                await asyncio.sleep(wait)
+
+        tasks = [asyncio.ensure_future(pump(ws, up, up_count)), asyncio.ensure_future(pump(up, ws, down_count))]
+        if idle:
+            tasks.append(asyncio.ensure_future(idle_watch()))
+        try:
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            first = done.pop()
+            for p in pending:
+                p.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            exc = first.exception() if not first.cancelled() else None
+            if first is tasks[0] and exc is None:
+                # the client closed: tell the upstream, with the client's code
+                ex.outcome = "client_closed"
+                await up.close(code=ws.close_code or aiohttp.WSCloseCode.OK)
+                await ws.close()
+            elif len(tasks) > 2 and first is tasks[2]:
+                ex.error = E.UpstreamTimeout("idle", "WebSocket idle timeout fired")
+                await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"idle timeout")
+                await up.close(code=aiohttp.WSCloseCode.GOING_AWAY)
+            else:
+                # the upstream closed (or failed): tell the client, with the upstream's code
+                code = up.close_code or (aiohttp.WSCloseCode.INTERNAL_ERROR if exc else aiohttp.WSCloseCode.OK)
+                if exc is not None:
+                    ex.error = E.UpstreamReset(f"upstream WebSocket failed: {exc}")
+                await ws.close(code=code)
+                await up.close()
+        finally:
+            for task in tasks:
+                task.cancel()
+            if not up.closed:
+                await up.close()
+            gauge.dec()
+            ex.upstream_time = monotonic() - ex.upstream_start
+        return ws
+
+
+class _UpstreamRefused(E.ProxyError):
+    """The upstream answered the upgrade with a plain HTTP status: pass that status on."""
+    type = "upstream_refused_upgrade"
+
+    def __init__(self, status: int, message: str):
+        self.status = status if 400 <= status <= 599 else 502
+        super().__init__(f"{message} (status {status})")

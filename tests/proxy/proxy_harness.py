@@ -175,6 +175,10 @@ class FaultUpstream:
         self.port = 0
         self.in_flight = 0
         self.cancels: list[str] = []
+        self.probe_answer = "PONG"     # what /probe answers (the test switches it)
+        self.probe_status = 200
+        self.probe_delay = 0.0
+        self.probe_calls: list[dict] = []
 
     @property
     def url(self) -> str:
@@ -358,6 +362,29 @@ class FaultUpstream:
         await resp.write(b"x" * 100)
         await asyncio.sleep(0.05)
         request.transport.abort()
+        return resp
+
+    async def h_probe(self, request):
+        """A LangGraph-/runs/wait-like answer the test controls (text, status, delay)."""
+        body = await request.read()
+        self.probe_calls.append({"headers": dict(request.headers), "body": body})
+        if self.probe_delay:
+            await asyncio.sleep(self.probe_delay)
+        return web.json_response({"messages": [{"type": "human", "content": "Reply with the single word PONG."},
+                                               {"type": "ai", "content": self.probe_answer}]},
+                                 status=self.probe_status)
+
+    async def h_probe_stream(self, request):
+        """The same answer as an SSE run stream."""
+        await request.read()
+        self.probe_calls.append({"headers": dict(request.headers)})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'event: metadata\r\ndata: {"run_id": "r"}\r\n\r\n')
+        await asyncio.sleep(0.05)
+        await resp.write(("event: values\r\ndata: " + json.dumps(
+            {"messages": [{"type": "ai", "content": self.probe_answer}]}) + "\r\n\r\n").encode())
+        await resp.write_eof()
         return resp
 
     async def h_drop(self, request):

@@ -50,6 +50,9 @@ CLK = os.sysconf("SC_CLK_TCK")
 STARTED: list[subprocess.Popen] = []
 
 ALL_COLUMNS = ("direct", "nginx", "proxy", "proxy-min", "naive")
+# optional (ablation) columns, only with --only: the full proxy with a block-buffered stdout
+# (PYTHONUNBUFFERED unset; the image sets it to 1), and with the access log to /dev/null
+EXTRA_COLUMNS = ("proxy-buf", "proxy-null")
 ALL_SCENARIOS = ("get", "post", "lat", "sse1k", "sse10k", "static", "soak")
 
 
@@ -122,14 +125,14 @@ def tree(pid):
     return out
 
 
-def cpu_ticks(pids):
+def cpu_ticks(pids, which=(11, 12)):
     tot = 0
     for pid in pids:
         try:
             with open("/proc/%d/stat" % pid) as f:
                 st = f.read()
             fields = st[st.rindex(")") + 2:].split()
-            tot += int(fields[11]) + int(fields[12])  # utime + stime
+            tot += sum(int(fields[i]) for i in which)  # 11 utime, 12 stime
         except (OSError, ValueError, IndexError):
             pass
     return tot
@@ -306,11 +309,13 @@ class Target:
 
 def measure(t, fn):
     pids = t.pids()
-    c0, s0, w0 = cpu_ticks(pids), proc_stat(), time.monotonic()
+    c0, k0, s0, w0 = cpu_ticks(pids), cpu_ticks(pids, (12,)), proc_stat(), time.monotonic()
     out = fn()
-    c1, s1, w1 = cpu_ticks(t.pids() or pids), proc_stat(), time.monotonic()
+    pids = t.pids() or pids
+    c1, k1, s1, w1 = cpu_ticks(pids), cpu_ticks(pids, (12,)), proc_stat(), time.monotonic()
     sd = stat_delta(s0, s1)
     return out, {"proxy_cpu_s": (c1 - c0) / CLK, "wall_s": w1 - w0,
+                 "sys_share": ((k1 - k0) / (c1 - c0)) if c1 > c0 else None,
                  "cpu0_busy": sd.get("cpu0", {}).get("busy"), "cpu1_busy": sd.get("cpu1", {}).get("busy"),
                  "steal": sd["cpu"]["steal"]}
 
@@ -428,7 +433,20 @@ def main():
                     help="markdown included in the docs report if it exists (made by bench/profile.py)")
     ap.add_argument("--out", default=os.path.join(os.environ.get("BENCH_RESULTS", "/tmp/sidecar-bench"),
                                                   time.strftime("%Y%m%d-%H%M%S")))
+    ap.add_argument("--from-raw", help="re-render the table (and --docs) from a previous run's raw.json, no new runs")
     a = ap.parse_args()
+    if a.from_raw:
+        with open(a.from_raw) as f:
+            raw = json.load(f)
+        docs, prof = a.docs, a.profile_summary
+        a = argparse.Namespace(**raw["args"])
+        a.profile_summary = prof
+        report = build_report(raw, a)
+        print(report)
+        if docs:
+            write_docs(docs, raw, report, a)
+            print("wrote %s" % docs)
+        return
     if a.quick:
         a.reps, a.duration, a.lat_duration = 1, 2, 3
         a.sse_events, a.sse_big_k, a.sse_big_events = 10, 2000, 5
@@ -445,12 +463,13 @@ def main():
         os.makedirs(os.path.join(rd, d), exist_ok=True)
     only = [x for x in a.only.split(",") if x] or list(ALL_COLUMNS)
     scen = [x for x in a.scenarios.split(",") if x]
-    bad = [x for x in scen if x not in ALL_SCENARIOS] + [x for x in only if x not in ALL_COLUMNS]
+    bad = [x for x in scen if x not in ALL_SCENARIOS] + [x for x in only if x not in ALL_COLUMNS + EXTRA_COLUMNS]
     if bad:
         ap.error("unknown: %s" % ", ".join(bad))
     bp = a.base_port
-    PORTS = {"direct": bp, "nginx": bp + 1, "naive": bp + 3, "proxy": bp + 4, "proxy-min": bp + 5}
-    ADMIN = {"proxy": bp + 14, "proxy-min": bp + 15}
+    PORTS = {"direct": bp, "nginx": bp + 1, "naive": bp + 3, "proxy": bp + 4, "proxy-min": bp + 5,
+             "proxy-buf": bp + 7, "proxy-null": bp + 8}
+    ADMIN = {"proxy": bp + 14, "proxy-min": bp + 15, "proxy-buf": bp + 17, "proxy-null": bp + 18}
     static_port, soak_port, soak_admin = bp + 9, bp + 6, bp + 16
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -467,9 +486,11 @@ def main():
         ready = os.path.join(rd, "%s-%s.ready" % (name, tag))
         # PYTHONUNBUFFERED=1 as in the production image (Dockerfile); import list to stderr at start-up
         env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1", PYTHONUNBUFFERED="1")
+        if name == "proxy-buf":
+            env.pop("PYTHONUNBUFFERED")
         p = start([py, "-m", "proxy", "--config", cfgp, "--ready-file", ready],
                   os.path.join(rd, "%s-%s.log" % (name, tag)), a.proxy_cpus, env=env,
-                  stdout=os.path.join(rd, "%s-%s.access.log" % (name, tag)))
+                  stdout="/dev/null" if name == "proxy-null" else os.path.join(rd, "%s-%s.access.log" % (name, tag)))
         t_end = time.time() + 30
         while not os.path.exists(ready):
             if p.poll() is not None or time.time() > t_end:
@@ -494,7 +515,7 @@ def main():
                            "--upstream", "http://127.0.0.1:%d" % up_port, "--limit", "20000"],
                           os.path.join(rd, "naive.log"), a.proxy_cpus)
                 ts.append(Target("naive", PORTS["naive"], p))
-            elif n in ("proxy", "proxy-min"):
+            elif n in ("proxy", "proxy-min") + EXTRA_COLUMNS:
                 p = start_proxy(n, PORTS[n], ADMIN[n], up_port, n == "proxy-min", tag)
                 ts.append(Target(n, PORTS[n], p))
         for t in ts:
@@ -559,7 +580,8 @@ def main():
             raw["idle_rss_mb"] = {t.name: status_kb(t.pids(), "VmRSS") / 1024.0 for t in targets if t.proc}
             raw["imports"] = import_report(rd)
             print("idle RSS MB: %s" % raw["idle_rss_mb"], flush=True)
-            print("proxy imports: %s" % raw["imports"], flush=True)
+            im = raw["imports"] or {}
+            print("proxy imports: %s modules, LangGraph loaded: %s" % (im.get("modules"), im.get("langgraph_loaded")), flush=True)
             if "get" in scen or "post" in scen or "lat" in scen:
                 for t in targets:  # warm-up: pools, caches, first-time allocations
                     run_wrk(t, a, "/small", duration=1)
@@ -762,7 +784,7 @@ def summary(raw):
 
     S = {"get_us": {}, "cap": {}, "lat_add": {}, "sse_p99": {}, "big": {}, "idle": raw.get("idle_rss_mb", {}),
          "imports": raw.get("imports") or {}, "soak": raw.get("soak") or {}}
-    for c in ALL_COLUMNS:
+    for c in ALL_COLUMNS + EXTRA_COLUMNS:
         S["get_us"][c] = medk("get", c, "cpu_us_per_req")
         st = R.get("static", {}).get(c, [])
         S["cap"][c] = med([r["rps"] for r in st if (r.get("cpu0_busy") or 0) >= 85])
@@ -788,7 +810,7 @@ def summary(raw):
 
 def build_report(raw, a):
     R = raw["runs"]
-    cols = [c for c in ALL_COLUMNS if any(c in R.get(s, {}) for s in R) or c in raw.get("idle_rss_mb", {})]
+    cols = [c for c in ALL_COLUMNS + EXTRA_COLUMNS if any(c in R.get(s, {}) for s in R) or c in raw.get("idle_rss_mb", {})]
     L = []
     w = 22
 
@@ -815,6 +837,7 @@ def build_report(raw, a):
         row("  req/s x nginx", [fmt(ratio(med([r["rps"] for r in rs.get(c, [])]), n), 2) for c in cols])
         row("p50 / p99 ms (wrk, -c%d)" % (4 if sname == "lat" else a.conns),
             ["%s / %s" % (fmt(med([r["p50_ms"] for r in rs.get(c, [])]), 2), fmt(med([r["p99_ms"] for r in rs.get(c, [])]), 2)) for c in cols])
+        row("kernel share of proxy CPU %", [fmt(100 * med([r.get("sys_share") for r in rs.get(c, [])] or [None])) if c in rs and med([r.get("sys_share") for r in rs.get(c, [])]) is not None else "-" for c in cols])
         row("CPU0 busy % (proxy core)", [fmt(med([r["cpu0_busy"] for r in rs.get(c, [])])) for c in cols])
         row("errors (non-2xx + socket)", [str(sum(r["non2xx"] + r["sock_err"] for r in rs.get(c, []))) if c in rs else "-" for c in cols])
 

@@ -315,3 +315,11 @@ async def test_cancel_on_disconnect_cancels_the_run_upstream(upstream, make_prox
     await asyncio.sleep(0.3)
     assert len(upstream.cancels) == 1
     await ok_after(session, p)
+
+
+async def test_remaining_deadline_is_forwarded_when_configured(upstream, make_proxy, session):
+    p = make_proxy(upstream.url, {"timeouts": {"request": "30s", "deadline_header": "X-Request-Deadline-Ms"}})
+    async with session.get(p.url + "/d") as r:
+        assert r.status == 200
+    remaining = int(upstream.seen[-1]["headers"]["X-Request-Deadline-Ms"])
+    assert 29_000 < remaining <= 30_000

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from agent_procs import Proc, start_agent, start_langgraph_dev
+from agent_procs import Proc, proxy_available, start_agent, start_langgraph_dev, start_proxy
 from conftest import human
 from langgraph_sdk import get_client
 
@@ -25,11 +25,24 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Proc
     except BaseException:
         agent.stop()
         raise
+    procs = {"agent_app": agent, "langgraph": real}
     try:
-        yield {"agent_app": agent, "langgraph": real}
+        if proxy_available():
+            # the sidecar must be transparent: the same calls through it give the same results
+            procs["agent_app_via_proxy"] = start_proxy(tmp_path_factory.mktemp("proxy_a"), agent.url)
+            procs["langgraph_via_proxy"] = start_proxy(tmp_path_factory.mktemp("proxy_l"), real.url)
+        yield procs
     finally:
-        real.stop()
-        agent.stop()
+        for proc in reversed(list(procs.values())):
+            proc.stop()
+
+
+def same(results: dict[str, Any]) -> Any:
+    """The one result every server (and every server behind the proxy) gave; fails if any differs."""
+    first = results["agent_app"]
+    for name, value in results.items():
+        assert value == first, f"{name} differs from agent_app: {value!r} != {first!r}"
+    return first
 
 
 def shape(messages: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
@@ -57,7 +70,7 @@ async def test_assistants_match(servers: dict[str, Proc]) -> None:
         return [(a["assistant_id"], a["graph_id"], a["name"]) for a in found]
 
     results = await on_both(servers, scenario)
-    assert results["agent_app"] == results["langgraph"] != []
+    assert same(results) != []
 
 
 async def test_stream_event_sequence_and_final_values_match(servers: dict[str, Proc]) -> None:
@@ -87,7 +100,7 @@ async def test_stream_event_sequence_and_final_values_match(servers: dict[str, P
         }
 
     results = await on_both(servers, scenario)
-    assert results["agent_app"] == results["langgraph"]
+    assert same(results)
     assert results["agent_app"]["state"][-1][1] == "The answer is 42."
 
 
@@ -100,7 +113,7 @@ async def test_wait_and_continue_match(servers: dict[str, Proc]) -> None:
         return [shape(first["messages"]), shape(second["messages"]), shape(stateless["messages"])]
 
     results = await on_both(servers, scenario)
-    assert results["agent_app"] == results["langgraph"]
+    assert same(results)
 
 
 async def test_messages_mode_event_names_match(servers: dict[str, Proc]) -> None:
@@ -109,7 +122,7 @@ async def test_messages_mode_event_names_match(servers: dict[str, Proc]) -> None
         return [(p.event, p.data[0]["content"] if p.event == "messages/partial" else None) for p in parts]
 
     results = await on_both(servers, scenario)
-    assert results["agent_app"] == results["langgraph"]
+    assert same(results)
 
 
 @pytest.mark.parametrize(("assistant", "text"), [("failing", "hi"), ("agent", "RAISE"), ("agent", "LOOP")])
@@ -126,7 +139,7 @@ async def test_run_errors_match(servers: dict[str, Proc], assistant: str, text: 
         }
 
     results = await on_both(servers, scenario)
-    assert results["agent_app"] == results["langgraph"]
+    assert same(results)
     assert results["agent_app"]["stream"] == ["metadata", "error"]
 
 
@@ -152,4 +165,4 @@ async def test_cancel_interrupts_on_both(servers: dict[str, Proc]) -> None:
         return {"run": status, "thread": thread_status}
 
     results = await on_both(servers, scenario)
-    assert results["agent_app"] == results["langgraph"] == {"run": "interrupted", "thread": "interrupted"}
+    assert same(results) == {"run": "interrupted", "thread": "interrupted"}

@@ -8,9 +8,16 @@ closes its connection.
 from __future__ import annotations
 
 import json
+import logging
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
+
+from .errors import error_body
+from .headers import new_request_id
+
+log = logging.getLogger("proxy.accept")
 
 _OVER_LIMIT_BODY = json.dumps({"error": {"type": "overloaded", "message":
                                          "too many open connections (server.max_connections)",
@@ -21,24 +28,43 @@ _OVER_LIMIT = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/j
 
 
 class GuardedRequestHandler(RequestHandler):
-    """aiohttp's per-connection protocol with a deadline on each request head."""
+    """aiohttp's per-connection protocol with a deadline on each request head.
 
-    __slots__ = ("_head_timer", "_head_timeout", "_last_payload")
+    Requests the parser rejects get the proxy's JSON error shape with the right status (414 for
+    a request line over ``server.max_line_bytes``, 431 for a header line over
+    ``server.max_field_bytes``, 400 otherwise; aiohttp says 400 for all of them) and one log
+    line without a traceback, so hostile input cannot flood the log with stack traces.
+    """
+
+    __slots__ = ("_head_timer", "_head_timeout", "_last_payload", "_line_len", "_line_open",
+                 "_line_limit", "_line_over")
 
     def __init__(self, manager, *, head_timeout: float, **kwargs):
         super().__init__(manager, **kwargs)
         self._head_timer = None
         self._head_timeout = head_timeout
         self._last_payload = None
+        self._line_limit = kwargs.get("max_line_size", 8190)
+        self._line_len = 0       # bytes of the current request line seen so far
+        self._line_open = True   # its line end not seen yet
+        self._line_over = False  # it is longer than max_line_size (kept past the parse error)
 
     def data_received(self, data: bytes) -> None:
         if self._payload_parser is not None or self._upgraded or not data:
             return super().data_received(data)
         lp = self._last_payload
         in_body = lp is not None and not lp.is_eof()  # body bytes of the current request
+        if not in_body and self._line_open:
+            end = data.find(b"\n")
+            self._line_len += len(data) if end < 0 else end
+            self._line_open = end < 0
+            self._line_over = self._line_len > self._line_limit
         before = self._request_count
         super().data_received(data)
         if self._request_count != before:
+            # a new head starts after this message (pipelined bytes in ``data`` may already be
+            # part of it; a too-long request line there is then reported as 431, not 414)
+            self._line_len, self._line_open = 0, True
             self._last_payload = self._messages[-1][1] if self._messages else None
             if self._head_timer is not None:
                 self._head_timer.cancel()
@@ -52,6 +78,25 @@ class GuardedRequestHandler(RequestHandler):
         self.manager_note_slow()
         if self.transport is not None:
             self.transport.close()
+
+    def handle_error(self, request, status: int = 500, exc=None, message=None):
+        if not isinstance(exc, HttpProcessingError) or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        if isinstance(exc, LineTooLong):
+            if self._line_over:
+                status, etype, text = 414, "uri_too_long", "request line exceeds server.max_line_bytes"
+            else:
+                status, etype, text = 431, "header_field_too_large", "a header line exceeds server.max_field_bytes"
+        else:
+            status, etype = 400, "bad_request"
+            text = "malformed HTTP request: " + (exc.message or type(exc).__name__).split("\n", 1)[0].strip().rstrip(":")
+        rid = new_request_id()
+        log.info("rejected malformed request", extra={"fields": {
+            "request_id": rid, "status": status, "reason": type(exc).__name__, "peer": request.remote}})
+        resp = web.Response(status=status, body=error_body(etype, text, rid), content_type="application/json")
+        resp.headers["X-Request-ID"] = rid
+        resp.force_close()
+        return resp
 
     def manager_note_slow(self) -> None:
         cb = getattr(self._manager, "on_slow_client", None)

@@ -40,11 +40,33 @@ class RouteMatch:
         return await self.next(request, ex)
 
 
+class VersionNotSupported(E.ClientFault):
+    status, type = 505, "http_version_not_supported"
+
+
+def check_target(request) -> None:
+    """Only origin-form targets (``/path?query``), or ``*`` for OPTIONS, reach the upstream.
+
+    aiohttp accepts absolute-form (``GET http://other/ HTTP/1.1``) and authority-form
+    (``CONNECT host:443``) targets; forwarded as they are, the upstream would see a request
+    line naming another host, the classic way to turn a reverse proxy into an open one or to
+    make the upstream route on a host the client chose. The upstream is fixed by config.
+    """
+    target = request.raw_path
+    if not target.startswith("/") and not (target == "*" and request.method == "OPTIONS"):
+        raise E.BadRequest("request target must be a path starting with '/' "
+                           "(absolute-form and authority-form targets are not proxied)")
+    if request.version not in ((1, 1), (1, 0)):
+        raise VersionNotSupported("only HTTP/1.0 and HTTP/1.1 are served on this port")
+
+
 class Errors:
     """Turns every exception into the JSON error response of :mod:`proxy.errors`.
 
     After the response has started, there is nothing left to send: the connection is aborted
     (the forwarder already ended SSE streams with an error event where it could).
+    Requests whose target or version cannot be proxied safely are refused here (400/505),
+    before any inner layer or the upstream sees them.
     """
 
     def __init__(self, next_handler):
@@ -52,6 +74,7 @@ class Errors:
 
     async def __call__(self, request, ex):
         try:
+            check_target(request)
             return await self.next(request, ex)
         except asyncio.CancelledError:
             raise
@@ -72,4 +95,6 @@ class Errors:
             resp.headers["X-Request-ID"] = ex.request_id
             for k, v in getattr(e, "headers", ()):
                 resp.headers[k] = v
+            if isinstance(e, (E.BadRequest, VersionNotSupported)):
+                resp.force_close()  # framing of whatever follows on this connection is not trusted
             return resp

@@ -46,7 +46,7 @@ class Pipeline:
                             body_read_timeout=cfg.server.body_read_timeout,
                             deadline_header=cfg.timeouts.deadline_header,
                             on_client_gone=rt.canceller.cancel_later, run_tracker=RunTracker(),
-                            streams_gauge=m.in_flight_streams, websocket=rt.websocket)
+                            streams_gauge=m.in_flight_streams, websocket=rt.websocket, retries=m.retries)
         access = rt.access_log if cfg.logging.access_log else None
         budget = rt.retry_budget(cfg.retries)
 

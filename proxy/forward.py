@@ -43,7 +43,7 @@ class Forwarder:
 
     def __init__(self, pool: UpstreamPool, *, max_body: int, body_read_timeout: float,
                  deadline_header: str | None = None, on_client_gone=None, run_tracker=None,
-                 streams_gauge=None, websocket=None):
+                 streams_gauge=None, websocket=None, retries=None):
         self.pool = pool
         self.loop = pool.loop
         self.max_body = max_body
@@ -53,6 +53,7 @@ class Forwarder:
         self.run_tracker = run_tracker
         self.streams_gauge = streams_gauge
         self.websocket = websocket
+        self.retries = retries  # counter: the transparent retry after a stale pooled connection counts too
 
     # ---------------------------------------------------------------- request side
     async def _read_small_body(self, request) -> bytes:
@@ -167,6 +168,8 @@ class Forwarder:
                 self.pool.release(conn)
                 if attempt or not stale:
                     raise
+                if self.retries is not None:
+                    self.retries.labels(route.name).inc()
                 conn = await self.pool.connect()
             except BaseException:
                 if pump is not None:

@@ -84,6 +84,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.closed = True
             self.transport.abort()
             return
+        if self.done:
+            # bytes after the end of the answer (a Content-Length shorter than the body, or a
+            # second, unrequested response): never parse them as the next request's answer
+            return self._surplus()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -114,11 +118,26 @@ class UpstreamConnection(asyncio.Protocol):
         if w is not None and not w.done():
             w.set_result(None)
 
+    def _surplus(self) -> None:
+        """The upstream sent more than one answer's worth: the connection is out of step with
+        us, so it is closed and never reused (what was already parsed stays queued)."""
+        self.keep_alive = False
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
+
     # ---- httptools callbacks ----
+    # httptools goes on parsing after a message completes, when one read holds more bytes than
+    # the answer: every callback ignores what comes after ``done`` (see _surplus).
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.done:
+            return self._surplus()
         self.raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self.done:
+            return self._surplus()
         p = self.parser
         self.status = p.get_status_code()
         if 100 <= self.status < 200 and self.status != 101:
@@ -146,6 +165,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.on_message_complete()
 
     def on_body(self, body: bytes) -> None:
+        if self.done:
+            return self._surplus()
         self.chunks.append(body)
         if len(self.chunks) > _HIGH_WATER and not self.paused:
             self.paused = True
@@ -166,7 +187,8 @@ class UpstreamConnection(asyncio.Protocol):
     # ---- failure and timers ----
     def _fail(self, exc: Exception) -> None:
         if self.done:
-            return
+            # e.g. a parse error in bytes that followed a complete answer
+            return self._surplus()
         self.error = exc
         self.done = True
         self.keep_alive = False

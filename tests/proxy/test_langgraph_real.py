@@ -234,3 +234,5 @@ async def test_no_client_error_around_the_upstream_keepalive_boundary(lgdev, mak
     assert len(statuses) == 1000 and set(statuses) == {200}
     s = await scrape(p.admin)
     assert metric(s, "sidecar_requests_total", route="ok", code="200") == 1000
+    if keepalive == "4s":
+        assert metric(s, "sidecar_retries_total") == 0  # no pooled connection was ever reused stale

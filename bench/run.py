@@ -341,10 +341,12 @@ def run_wrk(t, a, path, script=None, duration=None, conns=None):
     return r
 
 
-def run_sse(t, a, k, events, interval_ms, timeout_s):
+def run_sse(t, a, k, events, interval_ms, timeout_s, stagger_ms=None):
     cmd = ["taskset", "-c", a.client_cpus, sys.executable, os.path.join(HERE, "sse_client.py"),
            "http://127.0.0.1:%d" % t.port, "-k", str(k), "--events", str(events),
            "--interval-ms", str(interval_ms), "--timeout-s", str(timeout_s)]
+    if stagger_ms is not None:
+        cmd += ["--stagger-ms", str(stagger_ms)]
     pids = t.pids()
     if pids:
         reset_hwm(pids)
@@ -419,6 +421,8 @@ def main():
     ap.add_argument("--sse-big-k", type=int, default=10000,
                     help="streams for the big SSE run (capped by the fd limit: each stream needs 2 fds in a proxy)")
     ap.add_argument("--sse-big-events", type=int, default=10, help="events per stream in the big run (1 s apart)")
+    ap.add_argument("--sse-big-stagger-ms", type=int, default=None,
+                    help="spread the big run's stream starts over this many ms (default: one interval, 1 s)")
     ap.add_argument("--soak-requests", type=int, default=1_000_000)
     ap.add_argument("--soak-chunk", type=int, default=15, help="wrk seconds per soak chunk (RSS sampled between)")
     ap.add_argument("--max-minutes", type=float, default=9.5, help="optional work (steal re-runs) stops past this")
@@ -605,7 +609,7 @@ def main():
                 bt = [t for t in targets if t.name in ("direct", "nginx", "proxy")]
                 for t in bt:
                     time.sleep(1.0)
-                    r = run_sse(t, a, big_k, a.sse_big_events, 1000, 60 + a.sse_big_events)
+                    r = run_sse(t, a, big_k, a.sse_big_events, 1000, 60 + a.sse_big_events, getattr(a, "sse_big_stagger_ms", None))
                     record("sse10k", t, r, 0)
                     print("  [sse10k] %-9s %s steal=%.0f%%" % (t.name, show_sse(r), r.get("steal", 0)), flush=True)
             raw["access_log"] = access_log_report(rd, "proxy-app")

@@ -227,10 +227,10 @@ async def start_servers(rt: Runtime):
     tsock = _bind(cfg.server.listen)
     asock = _bind(cfg.server.admin_listen)
     traffic = make_server(rt, cfg.server)
-    tserver = await rt.loop.create_server(traffic, sock=tsock)
+    tserver = await rt.loop.create_server(traffic, sock=tsock, backlog=4096)  # uvloop re-listens: keep the backlog
     runner = web.AppRunner(admin_app(rt), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.SockSite(runner, asock)
+    site = web.SockSite(runner, asock, backlog=1024)
     await site.start()
     rt.access_log.start(rt.loop)
     return traffic, tserver, runner, (tsock.getsockname()[1], asock.getsockname()[1])

@@ -34,13 +34,16 @@ class UpstreamConnection(asyncio.Protocol):
                  "chunks", "waiter", "done", "closed", "error", "paused", "keep_alive", "reused",
                  "idle_since", "last_rx", "last_event", "received_any", "head_only",
                  "_write_paused", "_drain_waiter", "_timer", "first_byte_at", "total_at",
-                 "total_kind", "idle", "event_idle", "stalled", "upgrade", "eof_body")
+                 "total_kind", "idle", "event_idle", "stalled", "upgrade", "eof_body", "in_pool",
+                 "head_only_last")
 
     def __init__(self, pool: "UpstreamPool"):
         self.pool = pool
         self.loop = pool.loop
         self.transport = None
         self.parser = None
+        self.in_pool = False
+        self.head_only_last = False
         self.closed = False
         self.reused = False
         self.idle_since = 0.0
@@ -79,7 +82,7 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.received_any = True
         self.last_rx = self.loop.time()
-        if self.parser is None:
+        if self.in_pool:
             # bytes while idle in the pool: the server is not speaking HTTP/1.1 keep-alive properly
             self.closed = True
             self.transport.abort()
@@ -179,7 +182,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self.done:
             return
         self.done = True
-        self._cancel_timer()
+        # the timer stays: it fires at most once per timeout period, finds nothing due and is
+        # re-armed for the next exchange; arming and cancelling one per request costs more
         w = self.waiter
         if w is not None and not w.done():
             w.set_result(None)
@@ -224,7 +228,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _on_timer(self) -> None:
         self._timer = None
         if self.done:
-            return
+            return  # idle in the pool (or finished): the next begin() arms again
         now = self.loop.time()
         if self.first_byte_at is not None and now >= self.first_byte_at:
             return self._fail(UpstreamTimeout("first_byte"))
@@ -242,8 +246,12 @@ class UpstreamConnection(asyncio.Protocol):
               idle: float | None, head_only: bool) -> None:
         """Write the request head and arm the timeouts (seconds from now; None = off)."""
         self._reset_exchange()
-        self.parser = httptools.HttpResponseParser(self)
-        self.head_only = head_only
+        if self.parser is None or head_only or self.head_only_last:
+            # llhttp resets itself after each complete message; a HEAD answer has no body it
+            # can know of, so around HEAD a fresh parser keeps the framing right
+            self.parser = httptools.HttpResponseParser(self)
+        self.in_pool = False
+        self.head_only = self.head_only_last = head_only
         self.hdr_fut = self.loop.create_future()
         now = self.loop.time()
         self.last_rx = self.last_event = now
@@ -253,7 +261,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.total_at = now + total
             self.total_kind = total_kind
         self.transport.write(head)
-        if self.first_byte_at is not None or self.total_at is not None:
+        due = self.first_byte_at if self.total_at is None or (
+            self.first_byte_at is not None and self.first_byte_at < self.total_at) else self.total_at
+        if due is not None and (self._timer is None or self._timer.when() > due):
             self._arm()
 
     def set_stream_timeouts(self, *, total: float | None, total_kind: str, idle: float | None,
@@ -432,7 +442,7 @@ class UpstreamPool:
 
     def release(self, c: UpstreamConnection) -> None:
         if c.reusable() and not self._closed:
-            c.parser = None
+            c.in_pool = True
             c.idle_since = self.loop.time()
             self.idle.append(c)
             self._wake_one()

@@ -3,7 +3,7 @@
 aiohttp has no limit on open connections and no deadline for a request head, so one slowloris
 client could hold thousands of sockets. Here a connection beyond ``server.max_connections`` gets
 a 503 and is closed at accept, and a request head not complete within ``header_read_timeout``
-closes its connection.
+(from accept for the first request, from its first byte for later ones) closes its connection.
 """
 from __future__ import annotations
 
@@ -49,6 +49,13 @@ class GuardedRequestHandler(RequestHandler):
         self._line_open = True   # its line end not seen yet
         self._line_over = False  # it is longer than max_line_size (kept past the parse error)
 
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        if self.transport is not None and not transport.is_closing():
+            # the first head is due within the deadline from accept: a client that connects and
+            # sends nothing would otherwise hold its slot for the whole keep-alive timeout
+            self._head_timer = self._loop.call_later(self._head_timeout, self._head_timed_out)
+
     def data_received(self, data: bytes) -> None:
         if self._payload_parser is not None or self._upgraded or not data:
             return super().data_received(data)
@@ -79,6 +86,11 @@ class GuardedRequestHandler(RequestHandler):
         if self.transport is not None:
             self.transport.close()
 
+    def stop_lingering(self) -> None:
+        """Close right after the current response instead of reading (up to ``lingering_time``)
+        the rest of a body nobody will use: for a client already too slow to send it."""
+        self._lingering_time = 0.0
+
     def handle_error(self, request, status: int = 500, exc=None, message=None):
         if not isinstance(exc, HttpProcessingError) or request.writer.output_size > 0:
             return super().handle_error(request, status, exc, message)
@@ -87,6 +99,9 @@ class GuardedRequestHandler(RequestHandler):
                 status, etype, text = 414, "uri_too_long", "request line exceeds server.max_line_bytes"
             else:
                 status, etype, text = 431, "header_field_too_large", "a header line exceeds server.max_field_bytes"
+        elif "Too many headers" in (exc.message or ""):
+            # aiohttp's cap on the number of header lines (128): the head is too large, not malformed
+            status, etype, text = 431, "headers_too_large", "too many header lines in the request"
         else:
             status, etype = 400, "bad_request"
             text = "malformed HTTP request: " + (exc.message or type(exc).__name__).split("\n", 1)[0].strip().rstrip(":")

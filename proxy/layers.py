@@ -60,6 +60,9 @@ def check_target(request) -> None:
         raise VersionNotSupported("only HTTP/1.0 and HTTP/1.1 are served on this port")
 
 
+_CLOSE_AFTER = (E.BadRequest, VersionNotSupported, E.ClientTimeout, E.BodyTooLarge)
+
+
 class Errors:
     """Turns every exception into the JSON error response of :mod:`proxy.errors`.
 
@@ -95,6 +98,13 @@ class Errors:
             resp.headers["X-Request-ID"] = ex.request_id
             for k, v in getattr(e, "headers", ()):
                 resp.headers[k] = v
-            if isinstance(e, (E.BadRequest, VersionNotSupported)):
-                resp.force_close()  # framing of whatever follows on this connection is not trusted
+            if isinstance(e, _CLOSE_AFTER):
+                # the rest of this request's body is unread (or its framing is not trusted):
+                # close instead of letting aiohttp linger reading it (a slow-body client would
+                # keep its connection slot for lingering_time after its 408)
+                resp.force_close()
+                if isinstance(e, (E.ClientTimeout, E.BadRequest)):
+                    stop = getattr(request.protocol, "stop_lingering", None)
+                    if stop is not None:
+                        stop()
             return resp

@@ -183,7 +183,11 @@ async def test_disconnect_cancels_the_run_within_1s(lgdev, make_proxy, session):
             break
         await asyncio.sleep(0.05)
     assert status == "interrupted", status
-    s = await scrape(p.admin)
+    for _ in range(50):  # the sidecar counts the cancel once it has read the server's answer
+        s = await scrape(p.admin)
+        if metric(s, "sidecar_run_cancels_total", route="cancelling_stream", result="cancelled"):
+            break
+        await asyncio.sleep(0.02)
     assert metric(s, "sidecar_run_cancels_total", route="cancelling_stream", result="cancelled") == 1
 
 

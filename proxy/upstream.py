@@ -19,6 +19,7 @@ from .errors import UpstreamConnectError, UpstreamProtocolError, UpstreamReset, 
 
 _HIGH_WATER = 64        # queued body chunks before we stop reading from the upstream socket
 _LOW_WATER = 8
+_MAX_HEAD_BYTES = 64 * 1024   # response header fields; llhttp itself sets no limit
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -35,7 +36,7 @@ class UpstreamConnection(asyncio.Protocol):
                  "idle_since", "last_rx", "last_event", "received_any", "head_only",
                  "_write_paused", "_drain_waiter", "_timer", "first_byte_at", "total_at",
                  "total_kind", "idle", "event_idle", "stalled", "upgrade", "eof_body", "in_pool",
-                 "head_only_last")
+                 "head_only_last", "head_bytes")
 
     def __init__(self, pool: "UpstreamPool"):
         self.pool = pool
@@ -54,6 +55,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _reset_exchange(self) -> None:
         self.status = 0
+        self.head_bytes = 0
         self.raw_headers = []
         self.hdr_fut = None
         self.chunks = collections.deque()
@@ -136,6 +138,10 @@ class UpstreamConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.done:
             return self._surplus()
+        self.head_bytes += len(name) + len(value) + 4
+        if self.head_bytes > _MAX_HEAD_BYTES:
+            return self._fail(UpstreamProtocolError(
+                f"upstream response headers exceed {_MAX_HEAD_BYTES} bytes"))
         self.raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -146,8 +152,13 @@ class UpstreamConnection(asyncio.Protocol):
         if 100 <= self.status < 200 and self.status != 101:
             # interim response (103 Early Hints, a stray 100): not the answer, keep waiting
             self.raw_headers = []
+            self.head_bytes = 0
             self.status = 0
             return
+        if self.status == 101:
+            # the pool never sends an upgrade request (Upgrade is hop-by-hop, WebSockets go
+            # through proxy/websocket.py): switching protocols here would pass raw bytes on
+            return self._fail(UpstreamProtocolError("upstream switched protocols (101) on a plain request"))
         self.keep_alive = p.should_keep_alive()
         self.upgrade = p.should_upgrade()
         self.first_byte_at = None
@@ -181,6 +192,8 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.done:
             return
+        if self.status == 0:
+            return  # the end of an interim 1xx response: the real answer follows
         self.done = True
         # the timer stays: it fires at most once per timeout period, finds nothing due and is
         # re-armed for the next exchange; arming and cancelling one per request costs more

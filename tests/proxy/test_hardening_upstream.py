@@ -185,6 +185,27 @@ class RawUpstream:
             await w.drain()
             await asyncio.sleep(5)
             return False
+        elif kind == "early_hints":         # 103 and a stray 100 before the real answer
+            w.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+            await w.drain()
+            await asyncio.sleep(0.05)
+            w.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await w.drain()
+            await asyncio.sleep(0.05)
+            w.write(ok_response(b"the real answer"))
+        elif kind == "switch":              # 101 to a request that asked for no upgrade
+            w.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\nraw")
+            await w.drain()
+            return False
+        elif kind == "huge_headers":        # an endless header block (2 MB)
+            w.write(b"HTTP/1.1 200 OK\r\n")
+            for i in range(2000):
+                if w.is_closing():
+                    return False
+                w.write(b"X-H%d: %s\r\n" % (i, b"v" * 1000))
+                if i % 50 == 0:
+                    await w.drain()
+            w.write(b"Content-Length: 2\r\n\r\nok")
         elif kind == "close_after":         # a correct answer, then the keep-alive connection closes
             w.write(ok_response(b"fine"))
             await w.drain()
@@ -250,6 +271,8 @@ BEFORE_HEADERS = [
     ("cl_and_te", 502, "upstream_protocol_error"),
     ("cl_long", 502, "upstream_reset"),
     ("cl_long_stall", 504, "upstream_timeout"),
+    ("switch", 502, "upstream_protocol_error"),
+    ("huge_headers", 502, "upstream_protocol_error"),
 ]
 
 
@@ -361,3 +384,13 @@ async def test_upstream_restart_while_streams_run(raw_upstream, make_proxy, sess
         assert st["waiting"] == 0 and st["open"] == st["idle"] <= 5
     finally:
         await fresh.stop()
+
+
+async def test_interim_1xx_answers_are_skipped(raw_upstream, make_proxy, session):
+    p = make_proxy(raw_upstream.url, OVERRIDES)
+    for _ in range(3):  # on the same pooled connection each time
+        async with session.get(p.url + "/early_hints") as r:
+            assert r.status == 200
+            assert await r.read() == b"the real answer"
+    await assert_serves(session, p)
+    assert raw_upstream.conns == 1

@@ -7,6 +7,7 @@ a 503 and is closed at accept, and a request head not complete within ``header_r
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -159,3 +160,22 @@ def make_server(rt, server_cfg) -> GuardedServer:
         max_line_size=server_cfg.max_line_bytes, max_field_size=server_cfg.max_field_bytes,
         read_bufsize=256 * 1024,
     )
+
+
+class GuardedAppRunner(web.AppRunner):
+    """An ``AppRunner`` whose connections get the same guards and JSON parse errors as the
+    traffic port (used for the admin app, so hostile input there is answered just as quietly)."""
+
+    def __init__(self, app: web.Application, *, head_timeout: float, max_connections: int, **kwargs):
+        super().__init__(app, **kwargs)
+        self._guard = {"head_timeout": head_timeout, "max_connections": max_connections}
+
+    async def _make_server(self) -> web.Server:
+        app = self._app
+        loop = asyncio.get_running_loop()
+        app._set_loop(loop)
+        app.on_startup.freeze()
+        await app.startup()
+        app.freeze()
+        return GuardedServer(app._handle, request_factory=app._make_request, loop=loop,
+                             **self._guard, **self._kwargs)

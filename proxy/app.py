@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from . import __version__
 from . import config as C
-from .accept import make_server
+from .accept import GuardedAppRunner, make_server
 from .exchange import Exchange
 from .forward import Forwarder
 from .langgraph import RunCanceller, RunTracker
@@ -198,6 +198,7 @@ class Runtime:
             "state": self.state,
             "uptime_seconds": round(self.loop.time() - self.started_at, 3),
             "in_flight_requests": self.active,
+            "tasks": len(asyncio.all_tasks(self.loop)),
             "upstream_pool": self.pool.stats(),
             "breakers": {n: b.snapshot() for n, b in self.breakers.items()},
             "probes": self.probes.status() if self.probes is not None else {},
@@ -228,7 +229,8 @@ async def start_servers(rt: Runtime):
     asock = _bind(cfg.server.admin_listen)
     traffic = make_server(rt, cfg.server)
     tserver = await rt.loop.create_server(traffic, sock=tsock, backlog=4096)  # uvloop re-listens: keep the backlog
-    runner = web.AppRunner(admin_app(rt), access_log=None, handle_signals=False)
+    runner = GuardedAppRunner(admin_app(rt), head_timeout=cfg.server.header_read_timeout,
+                              max_connections=256, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.SockSite(runner, asock, backlog=1024)
     await site.start()

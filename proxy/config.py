@@ -11,6 +11,7 @@ import dataclasses
 import os
 import re
 import types
+import warnings
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
@@ -105,7 +106,7 @@ class ServerConfig:
     drain_delay: Duration = Duration(5)          # keep accepting after SIGTERM while endpoints update
     shutdown_grace: Duration = Duration(30)      # in-flight requests/streams may finish within this
     header_read_timeout: Duration = Duration(10)  # a client must send its whole request head within this
-    body_read_timeout: Duration = Duration(60)   # longest gap while reading a request body
+    body_read_timeout: Duration = Duration(60)   # small bodies (≤64 KiB): whole within this; larger: longest pause
     keepalive_timeout: Duration = Duration(75)   # idle client keep-alive connections are closed after this
     max_connections: int = 10000                 # client connections beyond this are refused at accept
     max_line_bytes: Size = Size(8190)            # request line / URL longer → 414
@@ -345,7 +346,9 @@ class _Loader:
                     u.port  # raises ValueError on a bad port
                     return HttpUrl(str(value).rstrip("/"))
                 if tp is Regex:
-                    re.compile(str(value))
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # e.g. FutureWarning "possible nested set": valid
+                        re.compile(str(value))
                     return Regex(value)
             except (ValueError, re.error):
                 self.fail(path, f"expected {_SCALAR_EXPECT[tp]}, got {_show(value)}")

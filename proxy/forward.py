@@ -57,6 +57,8 @@ class Forwarder:
 
     # ---------------------------------------------------------------- request side
     async def _read_small_body(self, request) -> bytes:
+        """A small body must arrive whole within the timeout: a client trickling a byte a second
+        (slow-body attack) would otherwise hold its connection for as long as it likes."""
         try:
             async with asyncio.timeout(self.body_read_timeout):
                 return await request.read()
@@ -118,9 +120,14 @@ class Forwarder:
         t = route.timeouts
         framing, stream_body = self._framing(request, method)
         body = b""
-        if stream_body and ex.body is None and request.headers.get("Expect", "").lower() == "100-continue":
-            # the limits passed: now invite the body (the low-level server leaves this to us)
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if (stream_body and ex.body is None and request.version >= (1, 1)
+                and request.headers.get("Expect", "").lower() == "100-continue"):
+            # the limits passed: now invite the body (the low-level server leaves this to us;
+            # HTTP/1.0 clients never get a 1xx, RFC 9110 §15.2)
+            try:
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            except _CLIENT_GONE:
+                raise E.ClientGone() from None
         if stream_body and request.content_length is not None and request.content_length <= SMALL:
             body = ex.body if ex.body is not None else await self._read_small_body(request)
             ex.body = body

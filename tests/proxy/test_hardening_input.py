@@ -348,9 +348,6 @@ async def test_admin_port_serves_only_admin_paths(hproxy, upstream, session):
             assert r.status == 200
 
 
-@pytest.mark.xfail(strict=True, reason="proxy/forward.py Forwarder.__call__ writes '100 Continue' without "
-                   "catching a closed client: ClientConnectionResetError becomes a 500 internal_error with a "
-                   "Traceback in the log (fix: except _CLIENT_GONE → raise E.ClientGone)")
 async def test_expect_100_continue_from_a_client_that_half_closes(hproxy, upstream):
     """Found by test_hardening_fuzz: the head (with Expect) and the whole body, then SHUT_WR."""
     import socket as _s
@@ -367,9 +364,6 @@ async def test_expect_100_continue_from_a_client_that_half_closes(hproxy, upstre
     del data  # whether a half-closed client gets its answer is up to aiohttp; it must not be a crash
 
 
-@pytest.mark.xfail(strict=True, reason="proxy/forward.py Forwarder.__call__ sends '100 Continue' to HTTP/1.0 "
-                   "clients; RFC 9110 §10.1.1: a server MUST ignore 100-continue in an HTTP/1.0 request "
-                   "(fix: also require request.version >= (1, 1))")
 async def test_no_100_continue_for_http_1_0(hproxy, upstream):
     rs, _ = await raw(hproxy.port, H(b"POST /sink HTTP/1.0", b"Expect: 100-continue", b"Content-Length: 3",
                                      body=b"abc"))
@@ -377,9 +371,6 @@ async def test_no_100_continue_for_http_1_0(hproxy, upstream):
     assert [r.status for r in rs] == [200]
 
 
-@pytest.mark.xfail(strict=True, reason="the admin port runs aiohttp's default RequestHandler (proxy/app.py "
-                   "start_servers → web.AppRunner): a malformed request there is a text/plain 400 and a full "
-                   "Traceback at ERROR in the log (fix: serve the admin app through accept.GuardedRequestHandler)")
 async def test_admin_port_parse_errors_are_quiet(hproxy, upstream):
     rs, closed = await raw(hproxy.admin_port, H(b"GET /" + b"a" * 9000 + b" HTTP/1.1", b"Host: x"))
     assert rs and rs[0].status == 414 and closed

@@ -150,6 +150,16 @@ async def scrape(admin_url: str, session: aiohttp.ClientSession | None = None) -
     return out
 
 
+async def wait_metric(admin_url: str, name: str, at_least: float = 1, timeout: float = 6.0, **labels) -> dict:
+    """Scrape until ``metric(name, **labels) >= at_least`` (or the timeout); returns the last scrape."""
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = await scrape(admin_url)
+        if metric(samples, name, **labels) >= at_least or time.monotonic() > deadline:
+            return samples
+        await asyncio.sleep(0.05)
+
+
 def metric(samples: dict, name: str, **labels) -> float:
     """Sum of the samples named ``name`` whose labels include ``labels``."""
     total = 0.0

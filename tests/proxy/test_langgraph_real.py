@@ -16,7 +16,7 @@ import pytest
 from langgraph_sdk import get_client
 
 from agent_procs import start_langgraph_dev
-from proxy_harness import metric, scrape
+from proxy_harness import metric, scrape, wait_metric
 
 pytestmark = [pytest.mark.slow, pytest.mark.langgraph]
 
@@ -183,11 +183,8 @@ async def test_disconnect_cancels_the_run_within_1s(lgdev, make_proxy, session):
             break
         await asyncio.sleep(0.05)
     assert status == "interrupted", status
-    for _ in range(50):  # the sidecar counts the cancel once it has read the server's answer
-        s = await scrape(p.admin)
-        if metric(s, "sidecar_run_cancels_total", route="cancelling_stream", result="cancelled"):
-            break
-        await asyncio.sleep(0.02)
+    # the sidecar counts the cancel once it has read the server's answer
+    s = await wait_metric(p.admin, "sidecar_run_cancels_total", route="cancelling_stream", result="cancelled")
     assert metric(s, "sidecar_run_cancels_total", route="cancelling_stream", result="cancelled") == 1
 
 

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 import yaml
 
-from proxy_harness import metric, scrape
+from proxy_harness import metric, scrape, wait_metric
 
 
 async def _read_events(resp) -> list[bytes]:
@@ -69,11 +69,7 @@ async def test_sighup_reloads_routes_and_rejects_invalid_config(upstream, make_p
     cfg["routes"] = [{"name": "custom", "path": "/custom/{id}"}]
     p.write_config(cfg)
     p.signal(signal.SIGHUP)
-    for _ in range(100):
-        s = await scrape(p.admin)
-        if metric(s, "sidecar_config_reloads_total", result="success") >= 1:
-            break
-        await asyncio.sleep(0.05)
+    s = await wait_metric(p.admin, "sidecar_config_reloads_total", result="success")
     async with session.get(p.url + "/custom/2") as r:
         assert r.status == 200
     s = await scrape(p.admin)
@@ -82,11 +78,7 @@ async def test_sighup_reloads_routes_and_rejects_invalid_config(upstream, make_p
     # an invalid config is rejected; the running one stays
     p.config_path.write_text(yaml.safe_dump({**cfg, "upstream": {"url": "nope"}}))
     p.signal(signal.SIGHUP)
-    for _ in range(100):
-        s = await scrape(p.admin)
-        if metric(s, "sidecar_config_reloads_total", result="failure") >= 1:
-            break
-        await asyncio.sleep(0.05)
+    s = await wait_metric(p.admin, "sidecar_config_reloads_total", result="failure")
     assert metric(s, "sidecar_config_reloads_total", result="failure") >= 1
     async with session.get(p.url + "/custom/3") as r:
         assert r.status == 200
@@ -106,11 +98,7 @@ async def test_config_file_change_reloads_and_stream_keeps_its_settings(upstream
     tmp.replace(p.config_path)  # atomic swap, as a ConfigMap update does
     events = await _read_events(resp)
     assert len(events) == 3, events
-    for _ in range(60):
-        s = await scrape(p.admin)
-        if metric(s, "sidecar_config_reloads_total", result="success") >= 1:
-            break
-        await asyncio.sleep(0.1)
+    s = await wait_metric(p.admin, "sidecar_config_reloads_total", result="success")
     assert metric(s, "sidecar_config_reloads_total", result="success") >= 1
     # a new stream gets the new idle timeout
     async with session.get(p.url + "/sse?events=3&interval=0.5") as r:

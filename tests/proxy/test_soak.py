@@ -74,6 +74,11 @@ async def op_leave_mid_stream(s, url, rnd, tally):
 
 async def op_reset_mid(s, url, rnd, tally):
     async with s.post(f"{url}/reset_mid", data=b"x") as r:
+        if r.status == 502:
+            # the same race as in op_upload: a POST on a pooled connection the upstream was closing
+            assert (await r.json())["error"]["type"] == "upstream_reset"
+            tally["post_on_closing_connection"] += 1
+            return
         assert r.status == 200
         with pytest.raises(aiohttp.ClientPayloadError):
             await r.read()
@@ -176,7 +181,8 @@ async def test_soak_mixed_traffic_with_faults(make_proxy):
     assert not errors, errors[:10]
     assert done.get("op_download", 0) > 20 and done.get("op_sse", 0) > 20 and done.get("op_upload", 0) > 10
     assert tally["bytes_checked"] > 10_000_000
-    assert tally["post_on_closing_connection"] <= max(3, done["op_upload"] // 50)
+    posts = done.get("op_upload", 0) + done.get("op_reset_mid", 0)
+    assert tally["post_on_closing_connection"] <= max(3, posts // 50)
     assert end_state["in_flight"] <= 1 and end_state["waiting"] == 0  # the status request itself
     assert end_state["open"] <= 32
     assert ("sidecar_in_flight_streams", frozenset()) in metrics

@@ -15,7 +15,7 @@ from .accept import GuardedAppRunner, make_server
 from .exchange import Exchange
 from .forward import Forwarder
 from .langgraph import RunCanceller, RunTracker
-from .layers import Errors, RequestId, RouteMatch
+from .layers import Errors, RequestId, RouteMatch, TargetCheck
 from .metrics import Metrics
 from .policies.breaker import Breaker, BreakerPolicy
 from .policies.limits import Limits
@@ -61,6 +61,8 @@ class Pipeline:
             # inside errors, so it counts the status the client gets, sheds and timeouts included
             ("telemetry", lambda nxt: Telemetry(nxt, m, access, rt.loop, cfg.metrics.exemplars,
                                                 on_success=rt.note_success)),
+            # inside telemetry, so refused targets are counted; before anything is spent on them
+            ("target_check", lambda nxt: TargetCheck(nxt)),
             # shed before spending anything on the request (no queue, no upstream connection)
             ("limits", lambda nxt: Limits(nxt, max_concurrent=cfg.limits.max_concurrent_requests,
                                           max_streams=cfg.limits.max_concurrent_streams,

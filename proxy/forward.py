@@ -171,6 +171,8 @@ class Forwarder:
                 # only when that cannot run anything twice
                 stale = (conn.reused and not conn.received_any and not stream_body
                          and method in IDEMPOTENT)
+                if pump is not None:
+                    await _stop(pump)
                 conn.abort()
                 self.pool.release(conn)
                 if attempt or not stale:

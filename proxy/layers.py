@@ -60,6 +60,18 @@ def check_target(request) -> None:
         raise VersionNotSupported("only HTTP/1.0 and HTTP/1.1 are served on this port")
 
 
+class TargetCheck:
+    """Refuses (400/505) requests whose target or version cannot be proxied safely, before any
+    policy or the upstream sees them; see :func:`check_target`."""
+
+    def __init__(self, next_handler):
+        self.next = next_handler
+
+    async def __call__(self, request, ex):
+        check_target(request)
+        return await self.next(request, ex)
+
+
 _CLOSE_AFTER = (E.BadRequest, VersionNotSupported, E.ClientTimeout, E.BodyTooLarge)
 
 
@@ -68,8 +80,6 @@ class Errors:
 
     After the response has started, there is nothing left to send: the connection is aborted
     (the forwarder already ended SSE streams with an error event where it could).
-    Requests whose target or version cannot be proxied safely are refused here (400/505),
-    before any inner layer or the upstream sees them.
     """
 
     def __init__(self, next_handler):
@@ -77,7 +87,6 @@ class Errors:
 
     async def __call__(self, request, ex):
         try:
-            check_target(request)
             return await self.next(request, ex)
         except asyncio.CancelledError:
             raise

@@ -139,3 +139,16 @@ async def test_metric_prefix_is_configurable(upstream, make_proxy, session, pref
     s = await scrape(p.admin)
     assert metric(s, f"{prefix}_requests_total") == 1
     assert metric(s, "sidecar_requests_total") == 0
+
+
+async def test_refused_targets_are_counted(upstream, make_proxy):
+    p = make_proxy(upstream.url)
+    reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
+    writer.write(b"GET http://evil.example/ HTTP/1.1\r\nHost: evil.example\r\n\r\n")
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 400")
+    s = await scrape(p.admin)
+    assert metric(s, "sidecar_requests_total", route="other", code="400") == 1
+    assert upstream.seen == []

@@ -67,11 +67,6 @@ class Shed(ProxyError):
         super().__init__(message)
 
 
-class Draining(ProxyError):
-    status, type = 503, "draining"
-    headers = (("Retry-After", "1"), ("Connection", "close"))
-
-
 class ClientFault(ProxyError):
     """Caused by the client, not the upstream: never a circuit breaker failure."""
 

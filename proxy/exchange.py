@@ -11,7 +11,7 @@ class Exchange:
     """
 
     __slots__ = ("request_id", "method", "path", "route", "start", "upstream_start", "upstream_time",
-                 "ttfb", "status", "outcome", "error", "req_bytes", "resp_bytes", "headers_sent",
+                 "ttfb", "status", "error", "req_bytes", "resp_bytes", "headers_sent",
                  "is_stream", "events", "first_event", "run_outcome", "content_location",
                  "breaker", "probe", "attempts", "sent_any", "timeouts", "deadline", "client_ip",
                  "upstream_failure", "body")
@@ -26,7 +26,6 @@ class Exchange:
         self.upstream_time = 0.0       # seconds spent waiting on the upstream (headers + body)
         self.ttfb = None
         self.status = 0
-        self.outcome = "ok"            # ok, or what went wrong: client_disconnect, idle_timeout, ...
         self.error = None              # the exception that ended the exchange, if any
         self.req_bytes = 0
         self.resp_bytes = 0

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from . import errors as E
 from .exchange import Exchange
-from .headers import HOP_BY_HOP, connection_tokens, upstream_head
+from .headers import DOWN_STRIP, connection_tokens, upstream_head
 from .sse import SSEScanner
 from .upstream import UpstreamConnection, UpstreamPool
 from .websocket import is_upgrade
@@ -24,7 +24,6 @@ from .websocket import is_upgrade
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 SMALL = 64 * 1024
-_DOWN_STRIP = HOP_BY_HOP | {b"content-length", b"x-request-id", b"date", b"server"}
 _CLIENT_GONE = (ConnectionResetError, BrokenPipeError)
 try:  # aiohttp >= 3.10 raises its own subclass on writes to a closed client
     from aiohttp import ClientConnectionResetError as _CCRE
@@ -207,7 +206,7 @@ class Forwarder:
         conn_listed = False
         for k, v in raw:
             kl = k.lower()
-            if kl in _DOWN_STRIP:
+            if kl in DOWN_STRIP:
                 if kl == b"content-length":
                     clen = int(v) if v.isdigit() else None
                 elif kl == b"connection":

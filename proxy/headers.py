@@ -19,7 +19,7 @@ _UP_REWRITTEN = frozenset({b"host", b"content-length", b"x-forwarded-for", b"x-f
                            b"x-forwarded-host", b"x-request-id", b"expect"})
 _DOWN_REWRITTEN = frozenset({b"content-length", b"x-request-id", b"date", b"server"})
 _STRIP_UP = HOP_BY_HOP | _UP_REWRITTEN
-_STRIP_DOWN = HOP_BY_HOP | _DOWN_REWRITTEN
+DOWN_STRIP = HOP_BY_HOP | _DOWN_REWRITTEN  # response headers the client never gets from upstream
 
 _REQUEST_ID_OK = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _ID_PREFIX = os.urandom(6).hex()
@@ -98,20 +98,3 @@ def upstream_head(method: str, target: str, raw_headers, *, host: bytes, request
         parts += (body_framing, b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
-
-
-def downstream_headers(raw_headers, request_id: str) -> list[tuple[str, str]]:
-    """Upstream response headers as the client gets them: hop-by-hop and framing removed."""
-    out = []
-    dropped = None
-    for k, v in raw_headers:
-        kl = k.lower()
-        if kl in _STRIP_DOWN:
-            if kl == b"connection":
-                dropped = connection_tokens(raw_headers)
-            continue
-        out.append((k.decode("latin-1"), v.decode("latin-1")))
-    if dropped:
-        out = [(k, v) for k, v in out if k.lower().encode("latin-1") not in dropped]
-    out.append(("X-Request-ID", request_id))
-    return out

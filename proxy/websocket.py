@@ -121,7 +121,6 @@ class WebSocketRelay:
             exc = first.exception() if not first.cancelled() else None
             if first is tasks[0] and exc is None:
                 # the client closed: tell the upstream, with the client's code
-                ex.outcome = "client_closed"
                 await up.close(code=ws.close_code or aiohttp.WSCloseCode.OK)
                 await ws.close()
             elif len(tasks) > 2 and first is tasks[2]:

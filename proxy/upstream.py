@@ -35,7 +35,7 @@ class UpstreamConnection(asyncio.Protocol):
                  "chunks", "waiter", "done", "closed", "error", "paused", "keep_alive", "reused",
                  "idle_since", "last_rx", "last_event", "received_any", "head_only",
                  "_write_paused", "_drain_waiter", "_timer", "first_byte_at", "total_at",
-                 "total_kind", "idle", "event_idle", "stalled", "upgrade", "eof_body", "in_pool",
+                 "total_kind", "idle", "event_idle", "upgrade", "eof_body", "in_pool",
                  "head_only_last", "head_bytes")
 
     def __init__(self, pool: "UpstreamPool"):
@@ -73,7 +73,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.event_idle = None
         self.last_rx = 0.0
         self.last_event = 0.0
-        self.stalled = False
         self.upgrade = False
         self.eof_body = False
 
@@ -230,7 +229,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Schedule the one timer at the earliest moment any armed timeout could fire."""
         when = None
         for t in (self.first_byte_at, self.total_at,
-                  (self.last_rx + self.idle) if (self.idle and not self.first_byte_at and not self.stalled) else None,
+                  (self.last_rx + self.idle) if (self.idle and not self.first_byte_at and not self.paused) else None,
                   (self.last_event + self.event_idle) if (self.event_idle and not self.first_byte_at) else None):
             if t is not None and (when is None or t < when):
                 when = t
@@ -248,7 +247,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self.total_at is not None and now >= self.total_at:
             return self._fail(UpstreamTimeout(self.total_kind))
         if self.first_byte_at is None:
-            if self.idle and not self.stalled and now >= self.last_rx + self.idle:
+            # while reading is paused (the client is slow) upstream silence is not the upstream's fault
+            if self.idle and not self.paused and now >= self.last_rx + self.idle:
                 return self._fail(UpstreamTimeout("idle"))
             if self.event_idle and now >= self.last_event + self.event_idle:
                 return self._fail(UpstreamTimeout("event_idle"))
@@ -320,14 +320,9 @@ class UpstreamConnection(asyncio.Protocol):
                 self.waiter = None
         if self.paused and len(chunks) <= _LOW_WATER:
             self.paused = False
+            self.last_rx = self.loop.time()  # the silence while we did not read was ours
             self.transport.resume_reading()
         return chunks.popleft()
-
-    def stall(self, stalled: bool) -> None:
-        """The client is not reading (write backpressure): idle time is not the upstream's fault."""
-        self.stalled = stalled
-        if not stalled:
-            self.last_rx = self.loop.time()
 
     def reusable(self) -> bool:
         return self.done and self.error is None and not self.closed and self.keep_alive and not self.upgrade

@@ -114,7 +114,7 @@ class Runtime:
         self.pipeline = Pipeline(cfg, self)
 
     def _make_pool(self, up: C.UpstreamConfig) -> UpstreamPool:
-        pool = UpstreamPool(up.url, connect_timeout=up.connect_timeout, max_connections=up.max_connections,
+        pool = UpstreamPool(up.url, connect_timeout=up.connect_timeout, max_connections=C.pool_size(self.cfg),
                             keepalive_timeout=up.keepalive_timeout)
         pool.start()
         return pool

@@ -108,6 +108,7 @@ class ServerConfig:
     header_read_timeout: Duration = Duration(10)  # a client must send its whole request head within this
     body_read_timeout: Duration = Duration(60)   # small bodies (≤64 KiB): whole within this; larger: longest pause
     keepalive_timeout: Duration = Duration(75)   # idle client keep-alive connections are closed after this
+    client_write_timeout: Duration = Duration(30)  # a client that reads nothing of its answer this long is cut
     max_connections: int = 10000                 # client connections beyond this are refused at accept
     max_line_bytes: Size = Size(8190)            # request line / URL longer → 414
     max_field_bytes: Size = Size(8190)           # one header longer → 431
@@ -118,7 +119,9 @@ class UpstreamConfig:
     """The one upstream server (a LangGraph server) and the pool of connections to it."""
     url: HttpUrl = HttpUrl("http://127.0.0.1:2024")
     connect_timeout: Duration = Duration(2)
-    max_connections: int = 100
+    # None: limits.max_concurrent_requests + POOL_HEADROOM, so an admitted request never waits
+    max_connections: Optional[int] = None
+    pool_timeout: Duration = Duration(0.5)       # longest wait for a free pooled connection, then 503 pool_exhausted
     keepalive_timeout: Duration = Duration(4)    # below uvicorn's 5 s, so a pooled connection is never reused as it closes
 
 
@@ -202,6 +205,10 @@ class LimitsConfig:
     max_concurrent_streams: Optional[int] = None
     max_body_bytes: Size = Size(100 << 20)
     max_header_bytes: Size = Size(64 << 10)
+    # a non-streaming answer with a Content-Length up to this is read whole, so its upstream
+    # connection and concurrency slot are free before a slow client has read it (0: never)
+    max_buffered_response_bytes: Size = Size(1 << 20)
+    max_buffered_bytes: Size = Size(64 << 20)    # all such buffers in the process together
 
 
 @dataclass(frozen=True)
@@ -421,6 +428,8 @@ def _semantic_checks(cfg: Config, fail) -> None:
         positive(f"server.{key}", getattr(cfg.server, key))
     positive("upstream.connect_timeout", cfg.upstream.connect_timeout)
     positive("upstream.max_connections", cfg.upstream.max_connections)
+    positive("upstream.pool_timeout", cfg.upstream.pool_timeout)
+    positive("server.client_write_timeout", cfg.server.client_write_timeout)
     positive("upstream.keepalive_timeout", cfg.upstream.keepalive_timeout, allow_zero=True)
     positive("limits.max_concurrent_requests", cfg.limits.max_concurrent_requests)
     positive("limits.max_concurrent_streams", cfg.limits.max_concurrent_streams)
@@ -478,6 +487,40 @@ def _semantic_checks(cfg: Config, fail) -> None:
     for i, name in enumerate(cfg.readiness.require_probes):
         if name not in names:
             fail(f"readiness.require_probes[{i}]", f"no probe named {name!r} (probes: {', '.join(sorted(map(str, names))) or 'none'})")
+
+
+POOL_HEADROOM = 16  # pooled connections beyond the request limit: probes and run cancels use the pool too
+
+
+def pool_size(cfg: Config) -> int:
+    """The upstream pool's size: ``upstream.max_connections`` or the coherent default."""
+    n = cfg.upstream.max_connections
+    return n if n is not None else cfg.limits.max_concurrent_requests + POOL_HEADROOM
+
+
+def capacity_warnings(cfg: Config) -> list[str]:
+    """Settings that are valid one by one but contradict each other (``--check`` prints them)."""
+    out = []
+    lim, pool = cfg.limits, pool_size(cfg)
+    if pool < lim.max_concurrent_requests:
+        out.append(f"upstream.max_connections ({pool}) < limits.max_concurrent_requests "
+                   f"({lim.max_concurrent_requests}): admitted requests beyond {pool} wait up to "
+                   f"upstream.pool_timeout for a connection, then get 503 pool_exhausted")
+    if lim.max_concurrent_streams is not None and lim.max_concurrent_streams >= pool:
+        out.append(f"limits.max_concurrent_streams ({lim.max_concurrent_streams}) >= upstream.max_connections "
+                   f"({pool}): streams can hold every upstream connection (each holds one for its whole life)")
+    if lim.max_concurrent_streams is not None and lim.max_concurrent_streams > lim.max_concurrent_requests:
+        out.append(f"limits.max_concurrent_streams ({lim.max_concurrent_streams}) > limits.max_concurrent_requests "
+                   f"({lim.max_concurrent_requests}): the request limit binds first")
+    if cfg.server.max_connections < lim.max_concurrent_requests:
+        out.append(f"server.max_connections ({cfg.server.max_connections}) < limits.max_concurrent_requests "
+                   f"({lim.max_concurrent_requests}): client connections are refused before the request limit is reached")
+    if cfg.upstream.pool_timeout >= cfg.upstream.connect_timeout:
+        out.append(f"upstream.pool_timeout ({cfg.upstream.pool_timeout:g}s) >= upstream.connect_timeout "
+                   f"({cfg.upstream.connect_timeout:g}s): a request may wait for a pool slot longer than for a connect")
+    if lim.max_buffered_response_bytes > lim.max_buffered_bytes:
+        out.append("limits.max_buffered_response_bytes > limits.max_buffered_bytes: no answer can be buffered whole")
+    return out
 
 
 def _valid_template(path: str) -> bool:

@@ -9,9 +9,15 @@ import json
 
 
 class ProxyError(Exception):
-    """Base of every failure the proxy turns into its own response."""
+    """Base of every failure the proxy turns into its own response.
+
+    ``who`` names the side that ended the exchange (see :mod:`proxy.outcome`): ``upstream``
+    (only these feed breakers and retries), ``proxy`` (it chose not to serve: sheds, an open
+    breaker, no pool slot, shutdown; or its own bug) or ``client``.
+    """
     status = 500
     type = "internal_error"
+    who = "proxy"
     headers: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, message: str | None = None):
@@ -21,23 +27,28 @@ class ProxyError(Exception):
         return self.type.replace("_", " ")
 
 
-class UpstreamConnectError(ProxyError):
+class UpstreamError(ProxyError):
+    """Something the upstream did (or failed to do): the only failures breakers and retries see."""
+    status, type, who = 502, "upstream_error", "upstream"
+
+
+class UpstreamConnectError(UpstreamError):
     status, type = 502, "upstream_unreachable"
     kind = "connect"
 
 
-class UpstreamReset(ProxyError):
+class UpstreamReset(UpstreamError):
     """The upstream closed or reset the connection before the response was complete."""
     status, type = 502, "upstream_reset"
     kind = "reset"
 
 
-class UpstreamProtocolError(ProxyError):
+class UpstreamProtocolError(UpstreamError):
     status, type = 502, "upstream_protocol_error"
     kind = "protocol"
 
 
-class UpstreamTimeout(ProxyError):
+class UpstreamTimeout(UpstreamError):
     """A timeout fired; ``kind`` is connect, first_byte, idle, event_idle, request or stream."""
     status, type = 504, "upstream_timeout"
 
@@ -58,7 +69,8 @@ class BreakerOpen(ProxyError):
 
 
 class Shed(ProxyError):
-    """Load shedding: refused at once instead of queueing."""
+    """Load shedding: refused at once instead of queueing. The proxy's own capacity, never an
+    upstream failure: not retried, not seen by any breaker, counted in ``shed_total{reason}``."""
     status, type = 503, "overloaded"
     headers = (("Retry-After", "1"),)
 
@@ -67,8 +79,23 @@ class Shed(ProxyError):
         super().__init__(message)
 
 
+class PoolExhausted(Shed):
+    """No upstream connection became free within ``upstream.pool_timeout``."""
+    type = "pool_exhausted"
+
+    def __init__(self, message: str):
+        super().__init__("pool_exhausted", message)
+
+
+class ShuttingDown(ProxyError):
+    """The proxy cut the exchange because its own shutdown grace ran out."""
+    status, type = 503, "shutdown"
+    headers = (("Retry-After", "1"),)
+
+
 class ClientFault(ProxyError):
     """Caused by the client, not the upstream: never a circuit breaker failure."""
+    who = "client"
 
 
 class ClientGone(ClientFault):
@@ -91,6 +118,17 @@ class BadRequest(ClientFault):
 class ClientTimeout(ClientFault):
     """The client was too slow sending its request body."""
     status, type = 408, "client_timeout"
+
+
+class ClientSlow(ClientFault):
+    """The client did not read the answer in time: ``server.client_write_timeout`` (``kind``
+    ``client_write``) or the request/stream deadline (``kind`` ``request``/``stream``) passed
+    while the proxy was blocked writing to it. Its connection is aborted."""
+    status, type = 504, "client_slow"
+
+    def __init__(self, kind: str, message: str):
+        self.kind = kind
+        super().__init__(message)
 
 
 def classify(exc: BaseException) -> tuple[int, str]:

@@ -16,11 +16,13 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
-STREAM_OUTCOMES = ("completed", "client_disconnect", "upstream_error", "idle_timeout",
-                   "event_idle_timeout", "stream_timeout")
-TIMEOUT_KINDS = ("connect", "first_byte", "idle", "event_idle", "request", "stream")
+STREAM_OUTCOMES = ("completed", "client_disconnect", "client_slow", "upstream_error", "idle_timeout",
+                   "event_idle_timeout", "stream_timeout", "shutdown")
+# client_write: the client read nothing for server.client_write_timeout (never an upstream failure)
+TIMEOUT_KINDS = ("connect", "first_byte", "idle", "event_idle", "request", "stream", "client_write")
 UPSTREAM_ERROR_KINDS = ("connect", "reset", "protocol")
-SHED_REASONS = ("concurrency", "streams", "connections", "slow_client", "body_too_large", "headers_too_large", "breaker_open")
+SHED_REASONS = ("concurrency", "streams", "connections", "slow_client", "body_too_large", "headers_too_large",
+                "breaker_open", "pool_exhausted")
 RUN_OUTCOMES = ("success", "run_error", "cancelled", "client_disconnect", "upstream_error")
 PROBE_RESULTS = ("passed", "failed", "timeout", "skipped_passive", "skipped_budget")
 
@@ -34,6 +36,8 @@ TABLE = (
     ("response_bytes_total", Counter, "Response body bytes sent to clients.", ("route",), {}),
     ("in_flight_requests", Gauge, "Requests being served now.", ("route",), {}),
     ("in_flight_streams", Gauge, "SSE and WebSocket streams open now.", (), {}),
+    ("upstream_connections", Gauge, "Upstream pool: connections busy or idle now, and requests waiting for one.", ("state",), {}),
+    ("response_buffer_bytes", Gauge, "Bytes of whole upstream answers held for slow clients now (bounded by limits.max_buffered_bytes).", (), {}),
     ("stream_time_to_first_event_seconds", Histogram, "SSE: time from request to the first real event.", ("route",), {"buckets": LATENCY_BUCKETS}),
     ("stream_duration_seconds", Histogram, "SSE: total stream duration.", ("route",), {"buckets": LATENCY_BUCKETS + (1200, 1800, 3600)}),
     ("stream_events_total", Counter, "SSE events forwarded (comments and heartbeats excluded).", ("route",), {}),

@@ -25,6 +25,12 @@ SHED_REASONS = ("concurrency", "streams", "connections", "slow_client", "body_to
                 "breaker_open", "pool_exhausted")
 RUN_OUTCOMES = ("success", "run_error", "cancelled", "client_disconnect", "upstream_error")
 PROBE_RESULTS = ("passed", "failed", "timeout", "skipped_passive", "skipped_budget")
+RUN_CANCEL_RESULTS = ("cancelled", "not_found", "failed", "no_run_id")
+RELOAD_RESULTS = ("success", "failure")
+BREAKER_STATES = ("closed", "half-open", "open")
+# limits exported as sidecar_limit{name}: what a saturation ratio divides by (see configure())
+LIMIT_NAMES = ("max_concurrent_requests", "max_concurrent_streams", "max_connections", "upstream_max_connections",
+               "max_buffered_bytes")
 
 # name suffix, kind, help, labels, extra kwargs
 TABLE = (
@@ -59,6 +65,7 @@ TABLE = (
     ("probe_runs_total", Counter, "Probe runs by result.", ("probe", "result"), {}),
     ("probe_last_success_timestamp_seconds", Gauge, "Unix time of the probe's last pass.", ("probe",), {}),
     ("probe_time_to_first_event_seconds", Histogram, "Streaming probe: time to its first SSE event.", ("probe",), {"buckets": LATENCY_BUCKETS}),
+    ("limit", Gauge, "Configured limits, by config key (max_concurrent_streams only when set); saturation = usage / limit.", ("name",), {}),
 )
 
 
@@ -84,8 +91,65 @@ class Metrics:
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
         self.build_info.labels(version, platform.python_version()).set(1)
+        # A labelled counter has no series before its first increment, and rate()/increase() need
+        # two samples, so a first failure would go unseen by alerts: every combination known up
+        # front is exported as 0 from the start (here, and per config in configure()).
+        for reason in SHED_REASONS:
+            self.shed.labels(reason)
+        for result in RELOAD_RESULTS:
+            self.config_reloads.labels(result)
         self._req: dict = {}
         self._route: dict = {}
+        self._limits: set[str] = set()
+
+    def configure(self, cfg, table, breakers, probes) -> None:
+        """Export the config's limits and pre-create the config-known counter series at 0.
+
+        Called at start and after every applied reload with the route table (``routes``, ``other``),
+        the breaker names and the probe names. Series are only added, never removed: a request
+        that started under the old config may still record its old route.
+
+        Per-route counters are pre-created only for the LangGraph run routes (``run_kind``) and
+        ``other``, not for all ~50 routes x kinds (that alone was ~600 series and 10x the scrape
+        time). Alerts read these counters summed over routes (``sum without (route)`` recorded,
+        then ``increase``); the ``other`` series anchor every kind and outcome, so a route's first
+        failure shows as a step of that sum instead of a series born non-zero, which rate() misses.
+        """
+        from .config import pool_size  # imported here: metrics stays a leaf module at import time
+        lim = cfg.limits
+        values = {"max_concurrent_requests": lim.max_concurrent_requests,
+                  "max_concurrent_streams": lim.max_concurrent_streams,
+                  "max_connections": cfg.server.max_connections,
+                  "upstream_max_connections": pool_size(cfg),
+                  "max_buffered_bytes": lim.max_buffered_bytes}
+        for name in LIMIT_NAMES:
+            if values[name] is not None:
+                self.limit.labels(name).set(values[name])
+                self._limits.add(name)
+            elif name in self._limits:
+                self.limit.remove(name)     # unset by a reload: no limit, no ratio
+                self._limits.discard(name)
+        anchored = [r for r in table.routes if r.run_kind is not None] + [table.other]
+        for r in anchored:
+            for kind in TIMEOUT_KINDS:
+                self.timeouts.labels(r.name, kind)
+            for kind in UPSTREAM_ERROR_KINDS:
+                self.upstream_errors.labels(r.name, kind)
+            for outcome in RUN_OUTCOMES:
+                self.runs.labels(r.name, outcome)
+            if r.run_kind != "wait":
+                for outcome in STREAM_OUTCOMES:
+                    self.streams.labels(r.name, outcome)
+        for r in table.routes:
+            if r.cancel_on_disconnect:
+                for result in RUN_CANCEL_RESULTS:
+                    self.run_cancels.labels(r.name, result)
+        for name in breakers:
+            for state in BREAKER_STATES:
+                self.circuit_transitions.labels(name, state)
+        for name in probes:
+            for result in PROBE_RESULTS:
+                self.probe_runs.labels(name, result)
 
     def route_children(self, route: str):
         """(in_flight, ttfb, overhead, req_bytes, resp_bytes) children for a route, cached."""

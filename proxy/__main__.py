@@ -1,20 +1,53 @@
-"""CLI: ``python -m proxy --config PATH [--check]`` (or PROXY_CONFIG=PATH)."""
+"""The LangGraph sidecar proxy: python -m proxy --config PATH [--check]"""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import os
 import sys
 
 from . import config as C
 
+EPILOG = """\
+default ports (server.listen / server.admin_listen in the config):
+  8080  traffic: clients, the Service
+  9090  admin: /healthz /readyz /metrics /status, POST /drain (from the pod itself only)
+
+signals:
+  SIGTERM, SIGINT  drain: /readyz answers 503 and answers say Connection: close at once, new
+                   connections are accepted for server.drain_delay, then in-flight requests and
+                   streams may finish within server.shutdown_grace; exit 0.
+                   A second SIGTERM/SIGINT skips what is left of both waits.
+  SIGHUP           reload the config (so does a change of the file on disk); an invalid new
+                   config is rejected with the same messages as --check and the old one stays.
+
+exit codes:
+  0  stopped after a drain, or --check found the config valid (warnings allowed)
+  1  the config is invalid (every problem is listed by key path)
+  2  usage error: no config given
+  3  a listen address cannot be bound (in use, not local, no permission)
+
+config reference: config.example.yaml in the repository documents every key.
+"""
+
+
+def _check_report(path: str, cfg: C.Config) -> str:
+    from .routes import RouteTable
+    total, yours = len(RouteTable(cfg).routes), len(cfg.routes)
+    probes = len(cfg.probes)
+    lines = [f"{path}: OK ({total} route{'s' * (total != 1)} ({yours} yours), "
+             f"{probes} probe{'s' * (probes != 1)})"]
+    lines += [f"warning: {w}" for w in C.capacity_warnings(cfg)]
+    return C.redact("\n".join(lines), cfg.secrets)
+
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m proxy", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m proxy", description=__doc__, epilog=EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=os.environ.get("PROXY_CONFIG"),
                     help="YAML config file (default: $PROXY_CONFIG)")
-    ap.add_argument("--check", action="store_true", help="validate the config and exit")
+    ap.add_argument("--check", action="store_true",
+                    help="validate the config, print warnings about settings that contradict each other, and exit")
     ap.add_argument("--ready-file", help=argparse.SUPPRESS)  # tests: write the bound ports here
     args = ap.parse_args(argv)
     if not args.config:
@@ -28,11 +61,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  - {p}", file=sys.stderr)
         return 1
     if args.check:
-        print(f"{args.config}: OK ({len(cfg.routes)} routes, {len(cfg.probes)} probes)")
+        print(_check_report(args.config, cfg))
         return 0
 
     from . import logs
-    logs.setup(cfg.logging.level, cfg.logging.format)
+    logs.setup(cfg.logging.level, cfg.logging.format, cfg.secrets)
     import uvloop
 
     from .lifecycle import Lifecycle
@@ -42,7 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         gc.freeze()  # start-up objects never need scanning again: cheaper GC pauses on the hot path
         return await Lifecycle(cfg, args.config, args.ready_file).run()
 
-    return uvloop.run(run())
+    try:
+        return uvloop.run(run())
+    except C.BindError as e:
+        # one line, no traceback: the usual cause is another process on the port (9090 is Prometheus's)
+        print(f"error: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

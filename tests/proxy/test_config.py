@@ -60,8 +60,8 @@ def test_semantic_errors_name_keys(tmp_path):
     })
     assert r.returncode == 1
     for expected in ("routes[1].name: duplicate route name 'a'", "routes[1].path: expected a path template",
-                     'routes[2].name: "other" is reserved', "probes[0].interval: must be > 0",
-                     "readiness.require_probes[0]: no probe named 'nope'", "retries.budget: must be between 0 and 1",
+                     'routes[2].name: "other" is reserved', "probes[0].interval: must be >= 1, got 0",
+                     "readiness.require_probes[0]: no probe named 'nope'", "retries.budget: must be >= 0 and <= 1, got 2",
                      "circuit_breaker.failure_statuses[0]: expected an HTTP status"):
         assert expected in r.stderr, (expected, r.stderr)
 
@@ -118,6 +118,8 @@ def test_example_documents_every_key():
 
     def keys(cls):
         for f in dataclasses.fields(cls):
+            if f.metadata.get("internal"):
+                continue
             yield f.name
             tp = C.typing.get_type_hints(cls)[f.name]
             for arg in (tp, *C.typing.get_args(tp)):

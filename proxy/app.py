@@ -138,14 +138,7 @@ class Runtime:
 
     def apply(self, cfg: C.Config) -> list[str]:
         """Swap in a new config; returns what needs a restart to take effect."""
-        needs_restart = []
-        for key in ("listen", "admin_listen", "max_connections", "max_line_bytes", "max_field_bytes",
-                    "keepalive_timeout", "header_read_timeout"):
-            if getattr(cfg.server, key) != getattr(self.cfg.server, key):
-                needs_restart.append(f"server.{key}")
-        for key in ("prefix",):
-            if getattr(cfg.metrics, key) != getattr(self.cfg.metrics, key):
-                needs_restart.append(f"metrics.{key}")
+        needs_restart = C.restart_changes(self.cfg, cfg)  # the keys marked restart=True in config.py
         if cfg.upstream != self.cfg.upstream:
             old = self.pool
             self.pool = self._make_pool(cfg.upstream)
@@ -210,28 +203,39 @@ class Runtime:
         }
 
 
-def _bind(hostport: str) -> socket.socket:
+def _bind(key: str, hostport: str) -> socket.socket:
+    """A listening socket for config key ``key``; :class:`config.BindError` names key and address."""
     host, port = C.parse_hostport(hostport)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    sock.bind((host, port))
-    sock.listen(4096)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((host, port))
+        sock.listen(4096)
+    except OSError as e:
+        sock.close()
+        raise C.BindError(key, hostport, e.strerror or str(e)) from None
     sock.setblocking(False)
     return sock
 
 
-async def start_servers(rt: Runtime):
-    """Bind and serve the traffic and admin ports; returns (traffic server, admin runner, ports)."""
+async def start_servers(rt: Runtime, on_drain=None):
+    """Bind and serve the traffic and admin ports; returns (traffic server, admin runner, ports).
+
+    ``on_drain(reason) -> dict`` starts the drain (admin ``POST /drain``); None: no such endpoint."""
     from .admin import admin_app
     cfg = rt.cfg
-    tsock = _bind(cfg.server.listen)
-    asock = _bind(cfg.server.admin_listen)
+    tsock = _bind("server.listen", cfg.server.listen)
+    try:
+        asock = _bind("server.admin_listen", cfg.server.admin_listen)
+    except C.BindError:
+        tsock.close()
+        raise
     traffic = make_server(rt, cfg.server)
     tserver = await rt.loop.create_server(traffic, sock=tsock, backlog=4096)  # uvloop re-listens: keep the backlog
-    runner = GuardedAppRunner(admin_app(rt), head_timeout=cfg.server.header_read_timeout,
+    runner = GuardedAppRunner(admin_app(rt, on_drain), head_timeout=cfg.server.header_read_timeout,
                               max_connections=256, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.SockSite(runner, asock, backlog=1024)

@@ -8,7 +8,7 @@ from typing import Any
 
 from langgraph.graph.state import CompiledStateGraph
 
-from agent_app.store import now
+from agent_app.records import now
 
 # The LangGraph server derives a graph's default assistant id as uuid5(this, graph_id), so the
 # same assistant has the same id here and there.

@@ -1,4 +1,5 @@
-"""Opens the persistence: a LangGraph checkpointer plus the thread/run store, in one database.
+"""Opens the persistence: a LangGraph checkpointer, the LangGraph store (``/store/items``) and the
+thread/run records, all in one database.
 
 SQLite (a file) by default; PostgreSQL when a ``DATABASE_URI`` is given, which is what several
 replicas need, since every replica must see every thread.
@@ -14,10 +15,13 @@ from dataclasses import dataclass
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from langgraph.store.base import BaseStore
+from langgraph.store.postgres.aio import AsyncPostgresStore
+from langgraph.store.sqlite.aio import AsyncSqliteStore
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from agent_app.store import PostgresStore, SqliteStore, Store
+from agent_app.records import PostgresRecords, Records, SqliteRecords
 
 # Any constant works; it only has to be the same in every replica.
 _SETUP_LOCK_KEY = 0x4147454E54  # "AGENT"
@@ -25,10 +29,11 @@ _SETUP_LOCK_KEY = 0x4147454E54  # "AGENT"
 
 @dataclass(frozen=True)
 class Persistence:
-    """A ready checkpointer and store; ``description`` names the backend for logs, never secrets."""
+    """A ready checkpointer, store and records; ``description`` names the backend for logs, never secrets."""
 
     checkpointer: BaseCheckpointSaver
-    store: Store
+    store: BaseStore
+    records: Records
     description: str
 
 
@@ -52,9 +57,15 @@ async def _open_sqlite(db_path: str) -> AsyncIterator[Persistence]:
         await saver.conn.execute("PRAGMA journal_mode=WAL")
         await saver.conn.execute("PRAGMA busy_timeout=5000")
         await saver.setup()
-        store = SqliteStore(saver.conn, saver.lock)
+        records = SqliteRecords(saver.conn, saver.lock)
+        await records.setup()
+        store = AsyncSqliteStore(saver.conn)
+        # The same connection and lock as the checkpointer, for the same "database is locked" reason.
+        store.lock = saver.lock
         await store.setup()
-        yield Persistence(saver, store, f"sqlite:{os.path.abspath(db_path)}")
+        # The store expects autocommit and leaves its migration insert open on this connection.
+        await saver.conn.commit()
+        yield Persistence(saver, store, records, f"sqlite:{os.path.abspath(db_path)}")
 
 
 @contextlib.asynccontextmanager
@@ -71,15 +82,17 @@ async def _open_postgres(database_uri: str) -> AsyncIterator[Persistence]:
     await pool.open(wait=True, timeout=30)
     try:
         saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
-        store = PostgresStore(pool)
+        records = PostgresRecords(pool)
+        store = AsyncPostgresStore(pool)  # type: ignore[arg-type]
         # Replicas starting together would race on CREATE TABLE and the migration table.
         async with pool.connection() as conn:
             await conn.execute("SELECT pg_advisory_lock(%s)", (_SETUP_LOCK_KEY,))
             try:
                 await saver.setup()
+                await records.setup()
                 await store.setup()
             finally:
                 await conn.execute("SELECT pg_advisory_unlock(%s)", (_SETUP_LOCK_KEY,))
-        yield Persistence(saver, store, "postgres")
+        yield Persistence(saver, store, records, "postgres")
     finally:
         await pool.close()

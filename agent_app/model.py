@@ -26,6 +26,9 @@ _SLOW = re.compile(r"^\s*SLOW\s+(\d+)\s*$")
 _ARITHMETIC = re.compile(r"[-(]*\d+(?:\.\d+)?\)*(?:\s*(?:\*\*|//|[-+*/%])\s*[-(]*\d+(?:\.\d+)?\)*)+")
 _CLOCK = re.compile(r"\b(time|clock|date)\b", re.IGNORECASE)
 _TOKEN = re.compile(r"\S+\s*|\s+")
+_BUY = re.compile(r"^\s*BUY\s+(.+?)\s*$")
+# What the model reports as response_metadata.model_name (and telemetry labels by).
+MODEL_NAME = "offline-deterministic"
 # SLOW n is meant to emulate long streams, not to allocate unbounded memory.
 MAX_SLOW_TOKENS = 100_000
 
@@ -42,6 +45,8 @@ class OfflineChatModel(BaseChatModel):
     - ``RAISE`` → raises :class:`OfflineModelError` (to exercise run-error handling).
     - ``SLOW n`` → answers with ``n`` tokens (``"1 2 3 … n"``), one per ``token_delay`` seconds.
     - ``LOOP`` → calls the calculator forever: a runaway tool loop for the recursion limit to stop.
+    - ``BUY <item>`` → calls the ``purchase`` tool, the one that costs money (the graph asks a
+      human to approve it first), then answers ``Purchase: <tool result>.``
     - ``Reply with the single word X.`` → answers ``X`` (so the PONG probe gets ``PONG``).
     - arithmetic such as ``What is 6 * 7?`` → calls the ``calculator`` tool (when bound), then
       answers ``The answer is 42.`` from the tool result.
@@ -50,13 +55,16 @@ class OfflineChatModel(BaseChatModel):
 
     Answers stream token by token with ``token_delay`` seconds before each token, in ``invoke``
     as well as ``stream``, so a slow LLM is emulated whichever way the graph calls the model.
+    The last chunk of every answer reports ``usage_metadata`` like a provider does: input tokens
+    are the whitespace-separated words of the prompt's messages, output tokens the streamed
+    tokens (for a tool call, the words of its JSON arguments), so the counts are deterministic.
     """
 
     token_delay: float = 0.02
 
     @property
     def _llm_type(self) -> str:
-        return "offline-deterministic"
+        return MODEL_NAME
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
@@ -78,9 +86,13 @@ class OfflineChatModel(BaseChatModel):
         if text == "LOOP" and "calculator" in tool_names:
             return _tool_call("calculator", {"expression": "1 + 1"}, call_id)
         if isinstance(last, ToolMessage):
+            if last.name == "purchase":
+                return AIMessage(content=f"Purchase: {last.text}.")
             if last.name == "clock":
                 return AIMessage(content=f"The current UTC time is {last.text}.")
             return AIMessage(content=f"The answer is {last.text}.")
+        if (match := _BUY.match(text)) and "purchase" in tool_names:
+            return _tool_call("purchase", {"item": match.group(1)}, call_id)
         if match := _SLOW.match(text):
             count = min(int(match.group(1)), MAX_SLOW_TOKENS)
             return AIMessage(content=" ".join(str(i) for i in range(1, count + 1)))
@@ -92,7 +104,15 @@ class OfflineChatModel(BaseChatModel):
             return _tool_call("clock", {}, call_id)
         return AIMessage(content=f"You said: {text}")
 
-    def _chunks(self, reply: AIMessage) -> list[AIMessageChunk]:
+    def _chunks(self, messages: list[BaseMessage], reply: AIMessage) -> list[AIMessageChunk]:
+        chunks = self._content_chunks(reply)
+        output = _count_tokens(json.dumps(reply.tool_calls[0]["args"])) if reply.tool_calls else len(_TOKEN.findall(reply.text))
+        prompt = sum(_count_tokens(m.text) for m in messages)
+        chunks[-1].usage_metadata = {"input_tokens": prompt, "output_tokens": output, "total_tokens": prompt + output}
+        chunks[-1].response_metadata = {"model_name": MODEL_NAME, "finish_reason": "tool_calls" if reply.tool_calls else "stop"}
+        return chunks
+
+    def _content_chunks(self, reply: AIMessage) -> list[AIMessageChunk]:
         if reply.tool_calls:
             # Real providers stream a tool call as argument fragments; one chunk keeps it simple.
             call = reply.tool_calls[0]
@@ -123,7 +143,7 @@ class OfflineChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        for chunk in self._chunks(self._reply(messages, kwargs.get("tools"))):
+        for chunk in self._chunks(messages, self._reply(messages, kwargs.get("tools"))):
             if self.token_delay > 0:
                 time.sleep(self.token_delay)
             generation = ChatGenerationChunk(message=chunk)
@@ -138,7 +158,7 @@ class OfflineChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        for chunk in self._chunks(self._reply(messages, kwargs.get("tools"))):
+        for chunk in self._chunks(messages, self._reply(messages, kwargs.get("tools"))):
             # Even with no delay, yield to the loop per token: a long answer must stay cancellable.
             await asyncio.sleep(self.token_delay)
             generation = ChatGenerationChunk(message=chunk)
@@ -163,6 +183,10 @@ class OfflineChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
+
+
+def _count_tokens(text: str) -> int:
+    return len(text.split())
 
 
 def _tool_call(name: str, args: dict[str, Any], call_id: str) -> AIMessage:

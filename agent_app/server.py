@@ -42,14 +42,15 @@ def create_app(settings: Settings) -> web.Application:
                 [
                     Assistant(
                         "agent",
-                        build_graph(model, persistence.checkpointer, settings.recursion_limit),
-                        build_graph(model, None, settings.recursion_limit),
+                        build_graph(model, persistence.checkpointer, settings.recursion_limit, persistence.store),
+                        build_graph(model, None, settings.recursion_limit, persistence.store),
                     ),
                     Assistant("failing", build_failing_graph(persistence.checkpointer), build_failing_graph(None)),
                 ]
             )
-            runs = RunManager(persistence.store)
+            runs = RunManager(persistence.records)
             app[api.ASSISTANTS] = assistants
+            app[api.RECORDS] = persistence.records
             app[api.STORE] = persistence.store
             app[api.RUNS] = runs
             yield

@@ -16,7 +16,11 @@ HEADERS = {
 }
 
 
-def frame(event: str, data: Any) -> bytes:
-    """One SSE event: ``event:`` line, a single ``data:`` line of JSON, a blank line."""
+def frame(event: str, data: Any, event_id: str | None = None) -> bytes:
+    """One SSE event: ``event:`` line, a single ``data:`` line of JSON, ``id:`` if any, a blank line."""
     name = event.replace("\r", "").replace("\n", "").encode()
-    return b"event: " + name + SEP + b"data: " + dumpb(data) + SEP + SEP
+    head = b"event: " + name + SEP + b"data: " + dumpb(data) + SEP
+    if event_id is not None:
+        # Only resumable runs number their events, as on the server (the id follows the data).
+        head += b"id: " + event_id.encode() + SEP
+    return head + SEP

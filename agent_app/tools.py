@@ -70,4 +70,18 @@ def clock() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-TOOLS = [calculator, clock]
+@tool
+def purchase(item: str) -> str:
+    """Buy ``item`` for the user. This spends real money: the graph asks a human before calling it."""
+    # An example: a real agent would call a payment API here, once, with an idempotency key.
+    return f"bought {item}"
+
+
+# Tools whose call spends money; the graph interrupts for a human's approval before running them.
+purchase.metadata = {"costs_money": True}
+
+TOOLS = [calculator, clock, purchase]
+
+
+def costs_money(tool_name: str) -> bool:
+    return any(t.name == tool_name and (t.metadata or {}).get("costs_money") for t in TOOLS)

@@ -12,13 +12,13 @@ from agent_app.assistants import Assistant
 from agent_app.graph import build_graph
 from agent_app.model import OfflineChatModel
 from agent_app.runs import RunManager, RunSpec, ThreadBusyError
-from agent_app.store import SqliteStore
+from agent_app.records import SqliteRecords
 
 
 @pytest.fixture
 async def manager(tmp_path: Path):
     async with aiosqlite.connect(tmp_path / "runs.sqlite") as conn:
-        store = SqliteStore(conn)
+        store = SqliteRecords(conn)
         await store.setup()
         await store.create_thread("t1", {})
         yield RunManager(store), store
@@ -32,15 +32,16 @@ def spec(text: str, **kwargs) -> RunSpec:
 @pytest.mark.parametrize("after", [0, 1, 3], ids=["before-start", "after-metadata", "mid-stream"])
 async def test_cancel_at_any_point_ends_the_stream_and_records_interrupted(manager, after: int) -> None:
     runs, store = manager
-    run = await runs.start(spec("SLOW 1000", stream_modes=["messages-tuple"]))
+    run, _ = await runs.start(spec("SLOW 1000", stream_modes=["messages-tuple"]))
+    sub = run.subscribe()
     seen = []
     if after:
-        async for event in run.events():
+        async for event in sub.events():
             seen.append(event[0])
             if len(seen) >= after:
                 break
     assert runs.cancel(run.run_id)
-    rest = [event async for event in run.events()]  # must end, not hang
+    rest = [event async for event in sub.events()]  # must end, not hang
     assert "error" not in [e for e, _ in rest]
     await asyncio.sleep(0.05)
     assert (await store.get_run(run.run_id))["status"] == "interrupted"
@@ -49,8 +50,8 @@ async def test_cancel_at_any_point_ends_the_stream_and_records_interrupted(manag
 
 async def test_runs_on_one_thread_queue_and_reject_when_asked(manager) -> None:
     runs, store = manager
-    first = await runs.start(spec("SLOW 20"))
-    second = await runs.start(spec("SLOW 2"))
+    first, _ = await runs.start(spec("SLOW 20"))
+    second, _ = await runs.start(spec("SLOW 2"))
     with pytest.raises(ThreadBusyError):
         await runs.start(spec("hi", multitask_strategy="reject"))
     await asyncio.gather(first.task, second.task)

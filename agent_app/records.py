@@ -1,5 +1,8 @@
 """Thread and run records (the checkpointer holds conversation state; this holds the rest).
 
+Not to be confused with the LangGraph *store* (``/store/items``, long-term memory), which is
+LangGraph's own ``AsyncSqliteStore``/``AsyncPostgresStore`` in the same database.
+
 They live in the same database as the checkpoints, so a restarted process or another replica
 sees the same threads and run statuses.
 """
@@ -45,7 +48,7 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat()
 
 
-class Store:
+class Records:
     """Thread and run records over SQL with ``?`` placeholders; subclasses supply the driver.
 
     Rows come back as plain dicts with JSON columns decoded, shaped like the LangGraph server's
@@ -70,6 +73,21 @@ class Store:
         if row is None:
             return None
         return {**row, "metadata": json.loads(row["metadata"])}
+
+    async def search_threads(self, *, status: str | None, metadata: dict[str, Any], limit: int, offset: int) -> list[dict[str, Any]]:
+        """Threads newest-updated first whose metadata contains ``metadata`` (like jsonb ``@>``).
+
+        The metadata match runs here, not in SQL, to stay portable between SQLite and
+        PostgreSQL: fine for an example's thousands of threads, not for millions.
+        """
+        sql = f"SELECT {_THREAD_COLUMNS} FROM agent_app_threads"
+        params: tuple[Any, ...] = ()
+        if status is not None:
+            sql, params = sql + " WHERE status = ?", (status,)
+        rows = await self._fetchall(sql + " ORDER BY updated_at DESC", params)
+        found = [{**row, "metadata": json.loads(row["metadata"])} for row in rows]
+        found = [t for t in found if contains(t["metadata"], metadata)]
+        return found[offset : offset + limit]
 
     async def update_thread(self, thread_id: str, *, status: str, metadata: dict[str, Any] | None = None) -> None:
         if metadata is None:
@@ -105,6 +123,16 @@ class Store:
             return None
         return {**row, "metadata": json.loads(row["metadata"]), "kwargs": json.loads(row["kwargs"])}
 
+    async def list_runs(self, thread_id: str, *, status: str | None, limit: int, offset: int) -> list[dict[str, Any]]:
+        """A thread's runs, newest first."""
+        sql = f"SELECT {_RUN_COLUMNS} FROM agent_app_runs WHERE thread_id = ?"
+        params: tuple[Any, ...] = (thread_id,)
+        if status is not None:
+            sql, params = sql + " AND status = ?", (*params, status)
+        sql += " ORDER BY created_at DESC, run_id DESC LIMIT ? OFFSET ?"
+        rows = await self._fetchall(sql, (*params, limit, offset))
+        return [{**row, "metadata": json.loads(row["metadata"]), "kwargs": json.loads(row["kwargs"])} for row in rows]
+
     async def update_run(self, run_id: str, status: str) -> None:
         await self._execute("UPDATE agent_app_runs SET status = ?, updated_at = ? WHERE run_id = ?", (status, now(), run_id))
 
@@ -114,9 +142,21 @@ class Store:
     async def _fetchone(self, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
         raise NotImplementedError
 
+    async def _fetchall(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        raise NotImplementedError
 
-class SqliteStore(Store):
-    """:class:`Store` on the checkpointer's own aiosqlite connection, under its lock.
+
+def contains(whole: Any, part: Any) -> bool:
+    """JSON containment as PostgreSQL's ``jsonb @>``: every key of ``part`` matches inside ``whole``."""
+    if isinstance(part, dict):
+        return isinstance(whole, dict) and all(k in whole and contains(whole[k], v) for k, v in part.items())
+    if isinstance(part, list):
+        return isinstance(whole, list) and all(any(contains(w, p) for w in whole) for p in part)
+    return whole == part
+
+
+class SqliteRecords(Records):
+    """:class:`Records` on the checkpointer's own aiosqlite connection, under its lock.
 
     One connection for both: two connections to one SQLite file fail with "database is locked"
     whenever a cancelled run leaves the checkpointer mid-transaction.
@@ -139,9 +179,15 @@ class SqliteStore(Store):
             names = [column[0] for column in cursor.description]
         return dict(zip(names, row, strict=True)) if row is not None else None
 
+    async def _fetchall(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        async with self._lock, self._conn.execute(sql, params) as cursor:
+            rows = await cursor.fetchall()
+            names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in rows]
 
-class PostgresStore(Store):
-    """:class:`Store` on a psycopg pool shared with the Postgres checkpointer."""
+
+class PostgresRecords(Records):
+    """:class:`Records` on a psycopg pool shared with the Postgres checkpointer."""
 
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self._pool = pool
@@ -156,3 +202,9 @@ class PostgresStore(Store):
             cursor = conn.cursor(row_factory=dict_row)
             await cursor.execute(sql.replace("?", "%s"), params)
             return await cursor.fetchone()
+
+    async def _fetchall(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        async with self._pool.connection() as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(sql.replace("?", "%s"), params)
+            return await cursor.fetchall()

@@ -39,6 +39,7 @@ class ProbeState:
         self.results: collections.deque = collections.deque(maxlen=10)
         self.calls: collections.deque = collections.deque()  # monotonic times of synthetic calls (budget)
         self.runs = 0
+        self.ever_passed = False                # until then the schedule retries fast (see ProbeRunner._loop)
 
     def record(self, passed: bool, error: str | None) -> None:
         cfg = self.cfg
@@ -46,8 +47,11 @@ class ProbeState:
             self.ok_streak += 1
             self.fail_streak = 0
             self.last_success = time.time()
+            self.ever_passed = True
             if self.passing is not True and self.ok_streak >= cfg.success_threshold:
                 self.passing = True
+            if self.passing:
+                self.last_error = None          # history stays in `recent`; no stale error next to "passing"
         else:
             self.fail_streak += 1
             self.ok_streak = 0
@@ -55,8 +59,12 @@ class ProbeState:
             if self.passing is not False and self.fail_streak >= cfg.failure_threshold:
                 self.passing = False
 
+    @property
+    def state(self) -> str:
+        return {True: "passing", False: "failing", None: "pending"}[self.passing]
+
     def snapshot(self) -> dict:
-        return {"passing": self.passing, "consecutive_failures": self.fail_streak,
+        return {"state": self.state, "passing": self.passing, "consecutive_failures": self.fail_streak,
                 "consecutive_successes": self.ok_streak, "last_error": self.last_error,
                 "last_success": self.last_success, "last_run": self.last_run, "runs": self.runs,
                 "recent": list(self.results)}
@@ -124,7 +132,7 @@ class ProbeRunner:
             if st is None:
                 continue
             out.append({"name": f"probe:{name}", "ok": st.passing is True,
-                        "state": {True: "passing", False: "failing", None: "pending"}[st.passing],
+                        "state": st.state,
                         "last_error": st.last_error, "last_success": st.last_success,
                         "consecutive_failures": st.fail_streak})
         return out
@@ -133,22 +141,36 @@ class ProbeRunner:
         return {name: st.snapshot() for name, st in self.states.items()}
 
     # ---- the schedule ----
+    # Until a probe has passed once (the upstream may still be starting), it is retried after
+    # 0.5 s, 1 s, 2 s, ... at most STARTUP_RETRY_MAX (or the interval, if shorter), so a pod turns
+    # ready seconds after its agent does, not an interval later. Every retry is a real call,
+    # counted against max_per_hour; once the budget is spent the normal interval applies.
+    STARTUP_RETRY_FIRST = 0.5
+    STARTUP_RETRY_MAX = 10.0
+
+    def next_delay(self, st: ProbeState, result: str, startup_attempt: int) -> float:
+        """Seconds until the next run after ``result``; ``startup_attempt`` counts fast retries."""
+        cfg = st.cfg
+        if not st.ever_passed and result != "skipped_budget":
+            return min(cfg.interval, self.STARTUP_RETRY_MAX, self.STARTUP_RETRY_FIRST * 2 ** startup_attempt)
+        return cfg.interval * (1 + random.uniform(-cfg.jitter, cfg.jitter))
+
     async def _loop(self, st: ProbeState) -> None:
         m = self.rt.metrics
-        m.probe_success.labels(st.cfg.name).set(0)
-        first = True
+        m.probe_success.labels(st.cfg.name).set(1 if st.passing else 0)
+        attempt = 0
         while True:
             cfg = st.cfg
-            if not first:
-                delay = cfg.interval * (1 + random.uniform(-cfg.jitter, cfg.jitter))
-                await self.sleep(delay)
-            first = False
+            result = "crashed"
             try:
-                await self.run_once(st)
+                result = await self.run_once(st)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - a probe bug must not kill the schedule
                 log.exception("probe crashed", extra={"fields": {"probe": cfg.name}})
+            delay = self.next_delay(st, result, attempt)
+            attempt = 0 if st.ever_passed else attempt + 1
+            await self.sleep(delay)
 
     def _route(self, cfg):
         return self.rt.pipeline.table.match(cfg.request.method, cfg.request.path.split("?")[0])
@@ -193,8 +215,11 @@ class ProbeRunner:
         m.probe_runs.labels(name, result).inc()
         self._verdict(st, ok, error, result, duration)
         if not ok:
-            log.warning("probe failed", extra={"fields": {"probe": name, "result": result, "error": error,
-                                                          "consecutive_failures": st.fail_streak}})
+            # before the first pass the upstream is usually still starting: not worth a warning
+            (log.warning if st.ever_passed else log.info)(
+                "probe failed" if st.ever_passed else "probe not passing yet (retrying soon)",
+                extra={"fields": {"probe": name, "result": result, "error": error,
+                                  "consecutive_failures": st.fail_streak}})
         return result
 
     def _verdict(self, st: ProbeState, ok: bool, error: str | None, result: str, duration: float | None = None) -> None:

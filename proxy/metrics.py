@@ -23,7 +23,9 @@ TIMEOUT_KINDS = ("connect", "first_byte", "idle", "event_idle", "request", "stre
 UPSTREAM_ERROR_KINDS = ("connect", "reset", "protocol")
 SHED_REASONS = ("concurrency", "streams", "connections", "slow_client", "body_too_large", "headers_too_large",
                 "breaker_open", "pool_exhausted")
-RUN_OUTCOMES = ("success", "run_error", "cancelled", "client_disconnect", "upstream_error")
+# interrupted: the run's status after a clean end (a multitask interrupt); unknown: it could not be read
+RUN_OUTCOMES = ("success", "run_error", "cancelled", "client_disconnect", "upstream_error", "interrupted",
+                "unknown")
 PROBE_RESULTS = ("passed", "failed", "timeout", "skipped_passive", "skipped_budget")
 RUN_CANCEL_RESULTS = ("cancelled", "not_found", "failed", "no_run_id")
 RELOAD_RESULTS = ("success", "failure")

@@ -10,20 +10,29 @@ from dataclasses import dataclass, replace
 
 from . import config as C
 
-# The LangGraph Server API (langgraph-api 0.16), so a user with no `routes:` still gets bounded,
-# meaningful labels. Order matters: specific before general.
+# The LangGraph Server API (langgraph-api 0.16.7: every path and method of its /openapi.json, plus
+# what it serves outside the spec), so a user with no `routes:` still gets bounded, meaningful
+# labels. Order matters: specific before general. The wire behaviour behind each timeout class is
+# in docs/langgraph-wire.md.
 _RUN_STREAM = dict(run_kind="stream")
 _RUN_WAIT = dict(run_kind="wait")
+# the server commits 200 at once, then pads with "\n" every 5 s until the JSON result
+_LONG_POLL = dict(timeout_class="long_poll")
+# open for as long as the client listens (heartbeats every 5 s keep `idle` from firing)
+_OPEN = dict(timeout_class="stream")
 LANGGRAPH_ROUTES: tuple[C.RouteConfig, ...] = tuple(C.RouteConfig(**r) for r in (
+    dict(name="root", path="/", methods=("GET",)),
     dict(name="ok", path="/ok", methods=("GET",)),
     dict(name="info", path="/info", methods=("GET",)),
     dict(name="docs", path="/docs"),
     dict(name="openapi", path="/openapi.json"),
     dict(name="upstream_metrics", path="/metrics"),
+    dict(name="profile", path="/profile", methods=("GET",)),
     dict(name="assistants_search", path="/assistants/search", methods=("POST",)),
     dict(name="assistants_count", path="/assistants/count", methods=("POST",)),
     dict(name="assistant_graph", path="/assistants/{assistant_id}/graph"),
     dict(name="assistant_schemas", path="/assistants/{assistant_id}/schemas"),
+    dict(name="assistant_subgraph", path="/assistants/{assistant_id}/subgraphs/{namespace}"),
     dict(name="assistant_subgraphs", path="/assistants/{assistant_id}/subgraphs"),
     dict(name="assistant_versions", path="/assistants/{assistant_id}/versions"),
     dict(name="assistant_latest", path="/assistants/{assistant_id}/latest"),
@@ -34,22 +43,28 @@ LANGGRAPH_ROUTES: tuple[C.RouteConfig, ...] = tuple(C.RouteConfig(**r) for r in 
     dict(name="threads_prune", path="/threads/prune", methods=("POST",)),
     dict(name="threads", path="/threads"),
     dict(name="thread_copy", path="/threads/{thread_id}/copy", methods=("POST",)),
+    dict(name="thread_storage", path="/threads/{thread_id}/storage", methods=("GET",)),
     dict(name="thread_state_checkpoint", path="/threads/{thread_id}/state/{checkpoint_id}"),
     dict(name="thread_state", path="/threads/{thread_id}/state"),
     dict(name="thread_history", path="/threads/{thread_id}/history"),
-    dict(name="thread_stream_events", path="/threads/{thread_id}/stream/events"),
-    dict(name="thread_stream", path="/threads/{thread_id}/stream", methods=("GET",)),
+    dict(name="thread_commands", path="/threads/{thread_id}/commands", methods=("POST",)),
+    # WebSocket (GET upgrade) and the SSE variant (POST) of the v3 event stream
+    dict(name="thread_stream_events", path="/threads/{thread_id}/stream/events", **_OPEN),
+    dict(name="thread_stream", path="/threads/{thread_id}/stream", methods=("GET",), **_OPEN),
     dict(name="thread_run_stream", path="/threads/{thread_id}/runs/stream", methods=("POST",), **_RUN_STREAM),
-    dict(name="thread_run_wait", path="/threads/{thread_id}/runs/wait", methods=("POST",), **_RUN_WAIT),
+    dict(name="thread_run_wait", path="/threads/{thread_id}/runs/wait", methods=("POST",), **_RUN_WAIT, **_LONG_POLL),
     dict(name="thread_run_crons", path="/threads/{thread_id}/runs/crons", methods=("POST",)),
     dict(name="thread_runs", path="/threads/{thread_id}/runs"),
-    dict(name="thread_run_join", path="/threads/{thread_id}/runs/{run_id}/join", methods=("GET",), **_RUN_WAIT),
+    dict(name="thread_run_join", path="/threads/{thread_id}/runs/{run_id}/join", methods=("GET",),
+         **_RUN_WAIT, **_LONG_POLL),
     dict(name="thread_run_join_stream", path="/threads/{thread_id}/runs/{run_id}/stream", methods=("GET",), **_RUN_STREAM),
-    dict(name="thread_run_cancel", path="/threads/{thread_id}/runs/{run_id}/cancel", methods=("POST",)),
+    # 202 at once, or with ?wait=true a padded wait like /join
+    dict(name="thread_run_cancel", path="/threads/{thread_id}/runs/{run_id}/cancel", methods=("POST",), **_LONG_POLL),
     dict(name="thread_run", path="/threads/{thread_id}/runs/{run_id}"),
     dict(name="thread", path="/threads/{thread_id}"),
     dict(name="run_stream", path="/runs/stream", methods=("POST",), **_RUN_STREAM),
-    dict(name="run_wait", path="/runs/wait", methods=("POST",), **_RUN_WAIT),
+    dict(name="run_wait", path="/runs/wait", methods=("POST",), **_RUN_WAIT, **_LONG_POLL),
+    # creates background runs and answers at once (no padding in 0.16.7): the request deadline fits
     dict(name="runs_batch", path="/runs/batch", methods=("POST",)),
     dict(name="runs_cancel", path="/runs/cancel", methods=("POST",)),
     dict(name="crons_search", path="/runs/crons/search", methods=("POST",)),
@@ -61,9 +76,16 @@ LANGGRAPH_ROUTES: tuple[C.RouteConfig, ...] = tuple(C.RouteConfig(**r) for r in 
     dict(name="store_items_search", path="/store/items/search", methods=("POST",)),
     dict(name="store_items", path="/store/items"),
     dict(name="store_namespaces", path="/store/namespaces", methods=("POST",)),
-    dict(name="mcp", path="/mcp"),
+    # streamable HTTP: a GET (or a POST answered with SSE) stays open for server messages
+    dict(name="mcp", path="/mcp", **_OPEN),
+    dict(name="agent_card", path="/.well-known/agent-card.json", methods=("GET",)),
+    dict(name="a2a_agent_card", path="/a2a/{assistant_id}/.well-known/agent-card.json", methods=("GET",)),
+    dict(name="a2a_agent_card_legacy", path="/a2a/{assistant_id}/.well-known/agent.json", methods=("GET",)),
     dict(name="a2a", path="/a2a/{assistant_id}"),
+    # POST renders a graph's UI component; GET serves its static files
+    dict(name="ui", path="/ui/{graph_id}"),
 ))
+_BUILTIN_CLASS = {r.path: r.timeout_class for r in LANGGRAPH_ROUTES if r.timeout_class is not None}
 
 STANDARD_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
@@ -88,6 +110,25 @@ class Route:
     cancel_on_disconnect: bool
     run_kind: str | None         # "stream" / "wait": a LangGraph run endpoint
     template: str | None = None
+    timeout_class: str = "request"   # request / long_poll / stream: see body_timeouts()
+    preserve_host: bool = True   # upstream.preserve_host: the client's Host goes upstream
+
+    def body_timeouts(self, sse: bool) -> dict | None:
+        """The limits the forwarder arms once the answer's headers arrived, as keyword arguments
+        of ``UpstreamConnection.set_stream_timeouts``; None keeps the request deadline (armed
+        when the request was sent) over the whole answer.
+
+        - an SSE answer, or class ``long_poll`` (a padded wait): ``stream`` caps the total,
+          ``idle`` the gap between chunks (the padding is progress: the server is alive);
+          ``event_idle`` only where there are events to see;
+        - class ``stream``: the same without a total cap (open as long as the client listens).
+        """
+        t = self.timeouts
+        if self.timeout_class == "stream":
+            return dict(total=None, total_kind="stream", idle=t.idle, event_idle=t.event_idle if sse else None)
+        if sse or self.timeout_class == "long_poll":
+            return dict(total=t.stream, total_kind="stream", idle=t.idle, event_idle=t.event_idle if sse else None)
+        return None
 
 
 def _merge(glob: C.TimeoutsConfig, over: C.RouteTimeouts) -> Timeouts:
@@ -119,12 +160,15 @@ class RouteTable:
                 name=r.name, timeouts=_merge(cfg.timeouts, r.timeouts),
                 attempts=r.retries.attempts if r.retries.attempts is not None else cfg.retries.attempts,
                 breaker=r.name if r.circuit_breaker is not None else "upstream",
-                cancel_on_disconnect=r.cancel_on_disconnect, run_kind=r.run_kind, template=r.path))
+                cancel_on_disconnect=r.cancel_on_disconnect, run_kind=r.run_kind, template=r.path,
+                timeout_class=r.timeout_class or _BUILTIN_CLASS.get(r.path, "request"),
+                preserve_host=cfg.upstream.preserve_host))
             self._methods.append(r.methods)
         self.templates = [r.path for r in entries]
         self.other = Route(name="other", timeouts=_merge(cfg.timeouts, C.RouteTimeouts()),
                            attempts=cfg.retries.attempts, breaker="upstream",
-                           cancel_on_disconnect=False, run_kind=None)
+                           cancel_on_disconnect=False, run_kind=None,
+                           preserve_host=cfg.upstream.preserve_host)
         self._by_method = {m: self._compile(m) for m in STANDARD_METHODS}
         self.names = [r.name for r in self.routes] + ["other"]
 

@@ -13,8 +13,10 @@ from time import monotonic
 import aiohttp
 from aiohttp import web
 
+from urllib.parse import urlsplit
+
 from . import errors as E
-from .headers import HOP_BY_HOP
+from .headers import HOP_BY_HOP, upstream_target
 
 log = logging.getLogger("proxy.websocket")
 _SKIP = HOP_BY_HOP | {b"host", b"content-length", b"sec-websocket-key", b"sec-websocket-version",
@@ -30,7 +32,9 @@ class WebSocketRelay:
     """Relays one WebSocket session; counted as a stream (outcome) and per-message metrics."""
 
     def __init__(self, upstream_url: str, metrics, connect_timeout: float):
-        self.base = upstream_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+        u = urlsplit(upstream_url)
+        self.origin = ("wss://" if u.scheme == "https" else "ws://") + u.netloc
+        self.base_path = u.path.rstrip("/")  # applied by headers.upstream_target, as for all traffic
         self.m = metrics
         self.connect_timeout = connect_timeout
         self._session: aiohttp.ClientSession | None = None
@@ -51,22 +55,31 @@ class WebSocketRelay:
         headers += [("X-Forwarded-For", f"{fwd}, {ex.client_ip}" if fwd else (ex.client_ip or "")),
                     ("X-Forwarded-Proto", request.scheme), ("X-Forwarded-Host", request.host),
                     ("X-Request-ID", ex.request_id)]
+        if ex.route.preserve_host and request.headers.get("Host"):
+            headers.append(("Host", request.headers["Host"]))  # as for HTTP: server-built URLs name the sidecar
         protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
         t = ex.route.timeouts
         ex.upstream_start = monotonic()
         try:
             up = await self.session().ws_connect(
-                self.base + request.raw_path, headers=headers, protocols=protocols, autoping=True,
+                self.origin + upstream_target(self, request.raw_path), headers=headers, protocols=protocols, autoping=True,
                 heartbeat=None, max_msg_size=0, compress=0,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
                 autoclose=False)
         except aiohttp.WSServerHandshakeError as e:
             ex.status = e.status
             raise _UpstreamRefused(e.status, e.message or "upstream refused the WebSocket upgrade") from None
-        except (aiohttp.ClientConnectorError, OSError) as e:
+        except aiohttp.ClientConnectorError as e:
             raise E.UpstreamConnectError(f"cannot connect to upstream for a WebSocket: {e}") from None
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, OSError) as e:
+            # connected, then closed or reset before any answer to the upgrade: the upstream's doing
+            raise E.UpstreamReset(f"upstream closed the connection before answering the WebSocket upgrade"
+                                  f" ({type(e).__name__})") from None
         except asyncio.TimeoutError:
             raise E.UpstreamTimeout("connect") from None
+        except aiohttp.ClientError as e:  # an answer that is not HTTP, or a broken one
+            raise E.UpstreamProtocolError(f"upstream answered the WebSocket upgrade with an invalid response"
+                                          f" ({type(e).__name__})") from None
         ex.ttfb = monotonic() - ex.upstream_start
         ws = web.WebSocketResponse(protocols=[up.protocol] if up.protocol else (), autoping=True,
                                    max_msg_size=0, autoclose=False, compress=False)

@@ -10,6 +10,8 @@ import socket
 import time
 
 import aiohttp
+import pytest
+from aiohttp import web
 from yarl import URL
 
 from proxy_harness import free_port, metric, scrape
@@ -62,17 +64,40 @@ async def test_hop_by_hop_stripped_forwarded_added_request_id_round_trips(proxy,
     assert h["x-forwarded-proto"] == "http"
     assert h["x-forwarded-host"] == "public.example:443"
     assert h["x-request-id"] == "req-123.abc"
-    assert h["host"] == f"127.0.0.1:{upstream.port}"
+    assert h["host"] == "public.example:443"  # upstream.preserve_host (default true)
 
 
-async def test_request_id_generated_when_absent_or_unsafe(proxy, upstream, session):
+async def test_request_id_generated_when_absent_or_unusable(proxy, upstream, session):
     async with session.get(proxy.url + "/rid") as r:
         rid = r.headers["X-Request-ID"]
     assert rid and upstream.seen[-1]["headers"]["X-Request-ID"] == rid
-    async with session.get(proxy.url + "/rid", headers={"X-Request-ID": 'bad"id\\{}'}) as r:
-        rid2 = r.headers["X-Request-ID"]
-    assert rid2 != 'bad"id\\{}' and rid2 != rid
-    assert upstream.seen[-1]["headers"]["X-Request-ID"] == rid2
+    for bad in ("x" * 119, "tab\there", "caf\u00e9"):  # too long for an exemplar, not printable ASCII
+        async with session.get(proxy.url + "/rid", headers={"X-Request-ID": bad}) as r:
+            rid2 = r.headers["X-Request-ID"]
+        assert rid2 != bad and rid2 != rid
+        assert upstream.seen[-1]["headers"]["X-Request-ID"] == rid2
+    async with session.get(proxy.url + "/next") as r:
+        assert r.status == 200
+
+
+async def test_printable_client_request_id_is_kept_and_escaped_in_logs(proxy, upstream, session):
+    """langgraph-api stores the id with the run: a client's own id (spaces, quotes and all) must
+    reach it unchanged; the access log escapes it instead of replacing it."""
+    odd = 'order 42 "retry" \\ {x}'
+    async with session.get(proxy.url + "/rid", headers={"X-Request-ID": odd}) as r:
+        assert r.status == 200 and r.headers["X-Request-ID"] == odd
+    assert upstream.seen[-1]["headers"]["X-Request-ID"] == odd
+    edge = "y" * 118
+    async with session.get(proxy.url + "/rid", headers={"X-Request-ID": edge}) as r:
+        assert r.headers["X-Request-ID"] == edge
+    for _ in range(50):
+        lines = [x for x in proxy.access_lines() if x.get("request_id") in (odd, edge)]
+        if len(lines) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert sorted(x["request_id"] for x in lines) == sorted([odd, edge])  # every line still parses as JSON
+    s = await scrape(proxy.admin)
+    assert metric(s, "sidecar_requests_total", route="other", code="200") >= 2
 
 
 def _expected_bytes_digest(n: int) -> str:
@@ -241,3 +266,92 @@ async def test_access_log_line_per_request_without_secrets(proxy, upstream, sess
     assert {"duration", "upstream_duration", "request_bytes", "response_bytes", "outcome", "time"} <= set(line)
     everything = proxy.stdout() + proxy.stderr()
     assert "sk-topsecret" not in everything and "s3cret" not in everything and "abc" not in json.dumps(line)
+
+
+class _UrlBuilder:
+    """An upstream that, like langgraph-api, builds absolute URLs from the Host it receives and
+    names itself in Server; mounted under /base so the sidecar's upstream.url carries a path."""
+
+    def __init__(self):
+        self.seen: list[tuple[str, str]] = []  # (Host, raw path)
+        self.cancels: list[str] = []
+
+    async def start(self):
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        self.port = free_port()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def handle(self, request):
+        self.seen.append((request.headers.get("Host", ""), request.raw_path))
+        if request.path.endswith("/cancel"):
+            self.cancels.append(request.path_qs)
+            return web.Response(status=202)
+        if request.path.endswith("/runs/stream"):
+            # as langgraph-api behind a mount: the prefix is in the URL it was sent to
+            tid = request.path.split("/")[3]
+            resp = web.StreamResponse(headers={
+                "Content-Type": "text/event-stream",
+                "Content-Location": f"/base/threads/{tid}/runs/00000000-0000-0000-0000-000000000002"})
+            await resp.prepare(request)
+            for i in range(100):
+                await resp.write(b"event: values\r\ndata: %d\r\n\r\n" % i)
+                await asyncio.sleep(0.1)
+            return resp
+        host = request.headers.get("Host", "")
+        return web.Response(status=307, headers={
+            "Server": "uvicorn",
+            "Location": f"http://{host}{request.path.rstrip('/')}?q=1",
+            "Content-Location": f"http://127.0.0.1:{self.port}/base/runs/42",
+            "Link": f"<http://{host}/other>"})  # not a URL header we map: passes as it is
+
+    async def stop(self):
+        await self.runner.cleanup()
+
+
+@pytest.fixture
+async def url_builder():
+    up = await _UrlBuilder().start()
+    yield up
+    await up.stop()
+
+
+@pytest.mark.parametrize("preserve", [True, False])
+async def test_server_built_urls_name_the_client_address(url_builder, make_proxy, session, preserve):
+    """upstream.preserve_host sends the client's Host; either way Location/Content-Location that
+    name the upstream come back as paths on the client's origin, the base path taken off."""
+    p = make_proxy(f"http://127.0.0.1:{url_builder.port}/base", {"upstream": {"preserve_host": preserve}})
+    async with session.get(p.url + "/threads/", allow_redirects=False,
+                           headers={"Host": "agents.example.com"}) as r:
+        assert r.status == 307
+        assert r.headers["Server"] == "uvicorn"  # passed through, not aiohttp's
+        assert r.headers["Location"] == "/threads?q=1"
+        assert r.headers["Content-Location"] == "/runs/42"
+        expected_host = "agents.example.com" if preserve else f"127.0.0.1:{url_builder.port}"
+        assert r.headers["Link"] == f"<http://{expected_host}/other>"
+    assert url_builder.seen[-1] == (expected_host, "/base/threads/")
+    async with session.get(p.url + "/next", allow_redirects=False) as r:
+        assert r.status == 307 and r.headers["Location"] == "/next?q=1"
+
+
+async def test_base_path_applies_to_user_traffic_and_run_cancels(url_builder, make_proxy, session):
+    """upstream.url's path prefixes every request the sidecar sends: user traffic and its own
+    run cancels, built by the same function (headers.upstream_head)."""
+    tid, rid = "00000000-0000-0000-0000-000000000001", "00000000-0000-0000-0000-000000000002"
+    p = make_proxy(f"http://127.0.0.1:{url_builder.port}/base", {"routes": [
+        {"name": "run_stream_cancel", "path": "/threads/{thread_id}/runs/stream", "methods": ["POST"],
+         "cancel_on_disconnect": True, "run_kind": "stream"}]})
+    r = await session.post(p.url + f"/threads/{tid}/runs/stream", json={"assistant_id": "a"})
+    assert r.status == 200
+    assert r.headers["Content-Location"] == f"/threads/{tid}/runs/{rid}"  # base path taken off
+    await r.content.readuntil(b"\r\n\r\n")
+    r.close()
+    for _ in range(100):
+        if url_builder.cancels:
+            break
+        await asyncio.sleep(0.02)
+    assert url_builder.cancels == [f"/base/threads/{tid}/runs/{rid}/cancel?action=interrupt"]
+    assert url_builder.seen[0][1] == f"/base/threads/{tid}/runs/stream"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 
 from proxy_harness import WS_CLOSED, WS_HEADERS, metric, scrape
 
@@ -58,3 +59,46 @@ async def test_refused_upgrade_passes_the_status(upstream, make_proxy, session):
         assert e.status in (200, 400, 404, 405, 502)
     async with session.get(p.url + "/next") as r:
         assert r.status == 200
+
+
+async def _silent_closer(mode: str):
+    """A raw upstream that reads the upgrade request and closes (FIN) or resets (RST) unanswered."""
+    import socket
+    import struct
+
+    async def handle(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        if mode == "reset":
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize("mode", ["close", "reset"])
+async def test_upgrade_closed_unanswered_is_502_upstream_reset(make_proxy, session, mode):
+    server = await _silent_closer(mode)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        p = make_proxy(f"http://127.0.0.1:{port}", {"retries": {"attempts": 1}})
+        with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+            await session.ws_connect(p.url + "/threads/t1/stream/events", headers={"X-Request-ID": "ws-reset"})
+        assert e.value.status == 502
+        async with session.get(p.url + "/threads/t1/stream/events", headers={
+                "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "X-Request-ID": "ws-reset-2"}) as r:
+            assert r.status == 502
+            err = (await r.json())["error"]
+        assert err["type"] == "upstream_reset" and err["request_id"] == "ws-reset-2"
+        s = await scrape(p.admin)
+        assert metric(s, "sidecar_upstream_errors_total", route="thread_stream_events", kind="reset") == 2
+        assert metric(s, "sidecar_requests_total", route="thread_stream_events", code="502") == 2
+        await asyncio.sleep(0.2)
+        assert "Traceback" not in p.stderr()
+        # one process-log line at most per failed upgrade, none of them an ERROR
+        lines = [x for x in p.log_lines() if x.get("request_id") in ("ws-reset", "ws-reset-2")]
+        assert len(lines) <= 2 and all(x.get("level") != "ERROR" for x in lines)
+        access = [x for x in p.access_lines() if x.get("request_id") == "ws-reset-2"]
+        assert len(access) == 1 and access[0]["outcome"] == "upstream_reset"
+    finally:
+        server.close()
+        await server.wait_closed()

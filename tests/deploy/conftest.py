@@ -1,4 +1,7 @@
 import sys
 import pathlib
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+# the real-proxy harness (ProxyProcess, FaultUpstream, scrape) is shared with tests/proxy
+sys.path.insert(0, str(HERE.parent / "proxy"))

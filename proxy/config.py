@@ -672,7 +672,7 @@ def load(path: str, env: typing.Mapping[str, str] | None = None) -> Config:
 
 # ---- secrets: never in a log line, /status, --check output or an error message ----
 
-SECRET_MIN_LEN = 4   # shorter ${VAR} values (a port, a flag) are not secrets and would garble every line
+SECRET_MIN_LEN = 6   # shorter ${VAR} values (a port, a flag) are no secrets, and redacting them would garble every line
 REDACTED = "<redacted>"
 # probe header values are secrets, except these, which only describe the request
 _PLAIN_HEADERS = frozenset({"content-type", "accept", "accept-encoding", "user-agent", "content-length"})

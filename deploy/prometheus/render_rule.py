@@ -21,7 +21,10 @@ def render() -> str:
     doc = {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
-        "metadata": {"name": "langgraph-sidecar"},
+        # the same labels as podmonitor.yaml: kube-prometheus-stack's default ruleSelector
+        # matches `release: <helm release>` (kustomization.yaml there says how to change it)
+        "metadata": {"name": "langgraph-sidecar",
+                     "labels": {"app.kubernetes.io/part-of": "langgraph-sidecar", "release": "kube-prometheus-stack"}},
         "spec": {"groups": rules["groups"]},
     }
     return HEADER + yaml.safe_dump(doc, sort_keys=False, width=1000)

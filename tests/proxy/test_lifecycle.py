@@ -104,3 +104,23 @@ async def test_config_file_change_reloads_and_stream_keeps_its_settings(upstream
     async with session.get(p.url + "/sse?events=3&interval=0.5") as r:
         body = await r.read()
     assert b"event: error" in body and b"idle" in body
+
+
+async def test_reload_switches_the_format_of_every_log_line(upstream, make_proxy, session):
+    p = make_proxy(upstream.url, {"logging": {"format": "json"}})
+    async with session.get(p.url + "/before") as r:
+        assert r.status == 200
+    p.write_config({**p.cfg, "logging": {"format": "text", "level": "info"}})
+    p.signal(signal.SIGHUP)
+    await wait_metric(p.admin, "sidecar_config_reloads_total", result="success")
+    async with session.get(p.url + "/after") as r:
+        assert r.status == 200
+    assert p.stop() == 0
+    err = p.stderr().splitlines()
+    reloaded = next(i for i, line in enumerate(err) if "config reloaded" in line)
+    after = [line for line in err[reloaded:] if line.strip()]
+    # from the reload on, every process log line is text: the reload's own, draining, stopped
+    assert all(not line.startswith("{") for line in after), after
+    assert any("INFO proxy.lifecycle: draining: readiness is now 503" in line for line in after), after
+    assert any(line.endswith("INFO proxy.lifecycle: stopped") for line in after), after
+    assert all(line.startswith("{") for line in err[:reloaded] if line.strip())

@@ -45,6 +45,7 @@ class ThreadBusyError(Exception):
 class RunSpec:
     """Everything a run needs, validated by the API layer.
 
+    ``metadata`` is the run's, merged as the server merges it (assistant, thread, request).
     ``command`` (``{"resume"|"update"|"goto": ...}``) replaces ``input`` when given; ``input``
     None continues a thread paused by ``interrupt_before``/``interrupt_after``.
     """
@@ -62,12 +63,13 @@ class RunSpec:
     interrupt_after: list[str] | str | None = None
     resumable: bool = False
 
-    def kwargs(self) -> dict[str, Any]:
-        """The run record's ``kwargs``, named as the server names them."""
+    def kwargs(self, run_id: str) -> dict[str, Any]:
+        """The run record's ``kwargs``, named as the server names them, with the effective config."""
         return {
             "input": self.input,
             "command": self.command,
-            "config": self.config,
+            "config": run_config(self, run_id),
+            "context": {},
             "stream_mode": self.stream_modes,
             "interrupt_before": self.interrupt_before,
             "interrupt_after": self.interrupt_after,
@@ -210,8 +212,8 @@ class RunManager:
     def get_local(self, run_id: str) -> Run | None:
         return self._runs.get(run_id)
 
-    async def start(self, spec: RunSpec, *, metadata: dict[str, Any] | None = None) -> tuple[Run, dict[str, Any]]:
-        """Record and start a run; returns it and its record (``metadata`` as the record shows it)."""
+    async def start(self, spec: RunSpec) -> tuple[Run, dict[str, Any]]:
+        """Record and start a run; returns it and its record."""
         lock = self._thread_locks.setdefault(spec.thread_id, asyncio.Lock())
         if spec.multitask_strategy == "reject" and lock.locked():
             raise ThreadBusyError(spec.thread_id)
@@ -222,8 +224,8 @@ class RunManager:
             "thread_id": spec.thread_id,
             "assistant_id": spec.assistant.assistant_id,
             "status": "pending",
-            "metadata": spec.metadata if metadata is None else metadata,
-            "kwargs": spec.kwargs(),
+            "metadata": spec.metadata,
+            "kwargs": spec.kwargs(run.run_id),
             "multitask_strategy": spec.multitask_strategy,
             "created_at": stamp,
             "updated_at": stamp,
@@ -314,7 +316,7 @@ class RunManager:
         partial: dict[str, Any] = {}
         async for mode, chunk in graph.astream(
             graph_input,
-            _run_config(run),
+            run_config(spec, run.run_id),
             stream_mode=sorted(graph_modes),
             interrupt_before=spec.interrupt_before,
             interrupt_after=spec.interrupt_after,
@@ -335,11 +337,11 @@ class RunManager:
             run.result = {}
 
 
-def _run_config(run: Run) -> dict[str, Any]:
-    spec = run.spec
+def run_config(spec: RunSpec, run_id: str) -> dict[str, Any]:
+    """The graph's config: the request's, plus the ids; its metadata lands in every checkpoint."""
     ids = {
         "thread_id": spec.thread_id,
-        "run_id": run.run_id,
+        "run_id": run_id,
         "graph_id": spec.assistant.graph_id,
         "assistant_id": spec.assistant.assistant_id,
     }

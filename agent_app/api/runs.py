@@ -68,7 +68,6 @@ async def _start_run(request: web.Request, *, stateless: bool, watch: bool) -> t
         thread_id="",
         input=run_input,
         config=config,
-        metadata=metadata,
         stream_modes=stream_modes(body),
         multitask_strategy=choice(body, "multitask_strategy", _MULTITASK, "enqueue"),
         stateless=stateless,
@@ -97,11 +96,11 @@ async def _start_run(request: web.Request, *, stateless: bool, watch: bool) -> t
         thread_metadata = {**thread["metadata"], "graph_id": assistant.graph_id, "assistant_id": assistant.assistant_id}
         await records.update_thread(spec.thread_id, status=thread["status"], metadata=thread_metadata)
         run_metadata.update(thread_metadata)
-    run_metadata.update({**config.get("metadata", {}), **metadata, "assistant_id": assistant.assistant_id})
+    spec.metadata = {**run_metadata, **config.get("metadata", {}), **metadata, "assistant_id": assistant.assistant_id}
 
     manager = request.app[RUNS]
     try:
-        run, record = await manager.start(spec, metadata=run_metadata)
+        run, record = await manager.start(spec)
     except ThreadBusyError:
         raise ApiError(
             409, "Thread is already running a task. Wait for it to finish or choose a different multitask strategy."

@@ -64,14 +64,14 @@ async def get_thread_history(request: web.Request) -> web.Response:
         body = await read_object(request)
     limit = optional(body, "limit", int, 10)
     metadata = optional(body, "metadata", dict)
-    before = optional(body, "before", (str, dict))
+    # A config {"configurable": {"checkpoint_id": ...}}: the only form the server's code handles
+    # (a bare string fails its schema, a bare checkpoint object its code).
+    before = optional(body, "before", dict)
+    if before is not None and not isinstance(before.get("configurable"), dict):
+        raise ApiError(422, '"before" must be a config: {"configurable": {"checkpoint_id": ...}}')
     checkpoint = optional(body, "checkpoint", dict, {})
     thread = await existing_thread(request, thread_id)
     config = {"configurable": {**checkpoint, "thread_id": thread_id}}
-    if isinstance(before, str):
-        before = {"configurable": {"checkpoint_id": before}}
-    elif isinstance(before, dict) and "configurable" not in before:
-        before = {"configurable": before}
     graph = graph_of(request, thread)
     history = [s async for s in graph.aget_state_history(config, filter=metadata, before=before, limit=limit)]
     return json_response([snapshot_json(s) for s in history])
@@ -107,7 +107,7 @@ async def thread_json(request: web.Request, thread: dict[str, Any]) -> dict[str,
         "state_updated_at": thread["updated_at"],
         "metadata": thread["metadata"],
         "status": thread["status"],
-        "config": {},
+        "config": {"configurable": {}},
         "values": values,
         "interrupts": interrupts,
         "error": None,

@@ -11,8 +11,10 @@ import sys
 
 OUT = pathlib.Path(__file__).resolve().parent / "dashboard.json"
 DS = {"type": "prometheus", "uid": "${datasource}"}
-SEL = 'namespace=~"$namespace", route=~"$route"'
-POD = 'namespace=~"$namespace"'
+# every query is filtered by the target variables, so process_* and python_* series of other jobs
+# (any Python exporter has them) never mix in
+POD = 'namespace=~"$namespace", job=~"$job", pod=~"$pod"'
+SEL = POD + ', route=~"$route"'
 RI = "$__rate_interval"
 
 
@@ -34,6 +36,21 @@ ROWS = [
                                         q(f'sum(sidecar_in_flight_streams{{{POD}}})', "streams")], "timeseries"),
         ("Bytes/s", "Bps", [q(f'sum(rate(sidecar_request_bytes_total{{{SEL}}}[{RI}]))', "in"),
                             q(f'sum(rate(sidecar_response_bytes_total{{{SEL}}}[{RI}]))', "out")], "timeseries"),
+        ("WebSocket messages/s", "short", [q(f'sum by (direction) (rate(sidecar_websocket_messages_total{{{SEL}}}[{RI}]))', "{{direction}}")], "timeseries"),
+    ]),
+    ("Saturation (usage / the limit the proxy exports)", [
+        ("Concurrent requests / limit", "percentunit", [q(
+            f'sum by (pod) (sidecar_in_flight_requests{{{POD}}}) / on (pod) group_left () max by (pod) (sidecar_limit{{{POD}, name="max_concurrent_requests"}})',
+            "{{pod}}")], "timeseries"),
+        ("Streams / limit", "percentunit", [q(
+            f'sum by (pod) (sidecar_in_flight_streams{{{POD}}}) / on (pod) group_left () max by (pod) (sidecar_limit{{{POD}, name="max_concurrent_streams"}})',
+            "{{pod}}")], "timeseries"),
+        ("Upstream pool", "short", [q(f'sum by (state) (sidecar_upstream_connections{{{POD}}})', "{{state}}"),
+                                    q(f'sum(sidecar_limit{{{POD}, name="upstream_max_connections"}})', "limit")], "timeseries"),
+        ("Response buffer / limit", "percentunit", [q(
+            f'sum by (pod) (sidecar_response_buffer_bytes{{{POD}}}) / on (pod) group_left () max by (pod) (sidecar_limit{{{POD}, name="max_buffered_bytes"}})',
+            "{{pod}}")], "timeseries"),
+        ("Configured limits", "short", [q(f'max by (name) (sidecar_limit{{{POD}}})', "{{name}}")], "timeseries"),
     ]),
     ("Errors", [
         ("5xx ratio by route", "percentunit", [q(
@@ -63,6 +80,7 @@ ROWS = [
         ("Probe success", "short", [q(f'min by (probe) (sidecar_probe_success{{{POD}}})', "{{probe}}")], "timeseries"),
         ("Probe runs/s by result", "short", [q(f'sum by (probe, result) (rate(sidecar_probe_runs_total{{{POD}}}[{RI}]))', "{{probe}} {{result}}")], "timeseries"),
         ("Probe duration p95", "s", [q(f'histogram_quantile(0.95, sum by (probe, le) (rate(sidecar_probe_duration_seconds_bucket{{{POD}}}[{RI}])))', "{{probe}}")], "timeseries"),
+        ("Streaming probe: time to first event p95", "s", [q(f'histogram_quantile(0.95, sum by (probe, le) (rate(sidecar_probe_time_to_first_event_seconds_bucket{{{POD}}}[{RI}])))', "{{probe}}")], "timeseries"),
         ("Since last probe success", "s", [q(f'time() - max by (probe) (sidecar_probe_last_success_timestamp_seconds{{{POD}}})', "{{probe}}")], "timeseries"),
         ("Ready proxies", "short", [q(f'sum(sidecar_ready{{{POD}}})', "ready"), q(f'count(sidecar_ready{{{POD}}})', "total")], "timeseries"),
         ("Config reloads", "short", [q(f'sum by (result) (increase(sidecar_config_reloads_total{{{POD}}}[{RI}]))', "{{result}}")], "timeseries"),
@@ -119,7 +137,9 @@ def build() -> dict:
             {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
              "current": {}, "hide": 0, "refresh": 1, "regex": ""},
             var("namespace", "label_values(sidecar_build_info, namespace)", "Namespace"),
-            var("route", 'label_values(sidecar_requests_total{namespace=~"$namespace"}, route)', "Route"),
+            var("job", 'label_values(sidecar_build_info{namespace=~"$namespace"}, job)', "Job"),
+            var("pod", 'label_values(sidecar_build_info{namespace=~"$namespace", job=~"$job"}, pod)', "Pod"),
+            var("route", 'label_values(sidecar_requests_total{namespace=~"$namespace", job=~"$job"}, route)', "Route"),
         ]},
         "annotations": {"list": []},
         "links": [],

@@ -10,6 +10,9 @@ import subprocess
 import sys
 
 import yaml
+from prometheus_client import Counter, Gauge, Histogram
+
+from proxy import metrics as proxy_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -63,13 +66,22 @@ def port_number(c: dict, port) -> int:
 
 
 # ---- the metric names the proxy exports (the product contract), for PromQL checks ----
-COUNTERS = """requests_total stream_events_total streams_total timeouts_total upstream_errors_total shed_total
-retries_total circuit_transitions_total request_bytes_total response_bytes_total config_reloads_total
-runs_total run_cancels_total probe_runs_total""".split()
-GAUGES = """in_flight_requests in_flight_streams circuit_state build_info probe_success
-probe_last_success_timestamp_seconds ready""".split()
-HISTOGRAMS = """request_duration_seconds upstream_time_to_first_byte_seconds stream_time_to_first_event_seconds
-stream_duration_seconds proxy_overhead_seconds probe_duration_seconds""".split()
+# Read from the one table the proxy builds its metrics from, never copied.
+def _suffixes(kind) -> list[str]:
+    return [suffix for suffix, k, *_ in proxy_metrics.TABLE if k is kind]
+
+
+COUNTERS = _suffixes(Counter)
+GAUGES = _suffixes(Gauge)
+HISTOGRAMS = _suffixes(Histogram)
+
+
+def exported_names(suffix: str, prefix: str = "sidecar") -> set[str]:
+    """The sample names one TABLE entry appears as in a scrape."""
+    base = f"{prefix}_{suffix}"
+    if suffix in HISTOGRAMS:
+        return {base + "_bucket", base + "_count", base + "_sum"}
+    return {base}
 
 
 def known_metric(name: str, prefix: str = "sidecar") -> bool:

@@ -87,7 +87,9 @@ def dashboard_queries():
             for t in p.get("targets", []):
                 yield p["title"], t["expr"]
     for title, expr in walk(d["panels"]):
-        yield title, (expr.replace("$__rate_interval", "1m").replace("$namespace", ".*").replace("$route", ".*"))
+        for var in ("$namespace", "$job", "$pod", "$route"):
+            expr = expr.replace(var, ".*")
+        yield title, expr.replace("$__rate_interval", "1m")
 
 
 async def test_real_scrape_and_real_prometheus(binaries, upstream, tmp_path):
@@ -123,7 +125,7 @@ async def test_real_scrape_and_real_prometheus(binaries, upstream, tmp_path):
             (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                 "rule_files": [str(DEPLOY / "prometheus" / "alerts.yaml")],
-                "scrape_configs": [{"job_name": "sidecar", "static_configs": [{"targets": [f"127.0.0.1:{admin}"]}]}],
+                "scrape_configs": [{"job_name": "langgraph-sidecar", "static_configs": [{"targets": [f"127.0.0.1:{admin}"]}]}],
             }))
             prom_log = tmp_path / "prometheus.log"
             with open(prom_log, "w") as f:
@@ -147,7 +149,7 @@ async def test_real_scrape_and_real_prometheus(binaries, upstream, tmp_path):
                     break
                 assert time.monotonic() < deadline, f"Prometheus never saw {REQUESTS} requests: {res}"
                 await asyncio.sleep(0.5)
-            up = await query('up{job="sidecar"}')
+            up = await query('up{job="langgraph-sidecar"}')
             assert [float(u["value"][1]) for u in up] == [1.0]
 
             # the alert rules load into a real server without errors
@@ -165,3 +167,68 @@ async def test_real_scrape_and_real_prometheus(binaries, upstream, tmp_path):
         if prom is not None:
             stop(prom)
         stop(proxy)
+
+
+def start_prometheus(prometheus: str, tmp_path, admin_port: int, prom_port: int) -> subprocess.Popen:
+    """A real Prometheus scraping the admin port and evaluating alerts.yaml every second."""
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(DEPLOY / "prometheus" / "alerts.yaml")],
+        "scrape_configs": [{"job_name": "langgraph-sidecar", "static_configs": [{"targets": [f"127.0.0.1:{admin_port}"]}]}],
+    }))
+    with open(tmp_path / "prometheus.log", "w") as f:
+        return subprocess.Popen([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                 f"--web.listen-address=127.0.0.1:{prom_port}"], stdout=f, stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow
+async def test_real_prometheus_sees_reload_failure_alert_pending_after_one_bad_reload(binaries, tmp_path):
+    """One invalid config change is enough: the failure series exists at 0 from the start, so the
+    very first failure is an increase a real Prometheus evaluates (issue 18, point 1)."""
+    from proxy_harness import FaultUpstream, ProxyProcess, metric, wait_metric
+    prometheus, _ = binaries
+    prom_port = free_port()
+    up = await FaultUpstream().start()
+    (tmp_path / "proxy").mkdir()
+    proxy = ProxyProcess(tmp_path / "proxy", up.url).start()
+    prom = start_prometheus(prometheus, tmp_path, proxy.admin_port, prom_port)
+    api = f"http://127.0.0.1:{prom_port}/api/v1"
+    try:
+        async with aiohttp.ClientSession() as s:
+            await wait_http(s, f"http://127.0.0.1:{prom_port}/-/ready", 30, prom, tmp_path / "prometheus.log")
+
+            async def alerts() -> dict:
+                async with s.get(f"{api}/alerts") as r:
+                    return {a["labels"]["alertname"]: a for a in (await r.json())["data"]["alerts"]}
+
+            async def query(q):
+                async with s.get(f"{api}/query", params={"query": q}) as r:
+                    return (await r.json())["data"]["result"]
+
+            # Prometheus has scraped the healthy proxy (failure count 0) at least twice
+            deadline = time.monotonic() + 30
+            while not await query('count_over_time(sidecar_config_reloads_total{result="failure"}[1m]) >= 2'):
+                assert time.monotonic() < deadline, "Prometheus never scraped the failure counter twice"
+                await asyncio.sleep(0.25)
+            assert "SidecarConfigReloadFailed" not in await alerts()
+
+            # one bad change of the config file, as a ConfigMap update makes
+            proxy.config_path.write_text(proxy.config_path.read_text() + "\nlimits: {max_concurrent_requests: -1}\n")
+            samples = await wait_metric(proxy.admin, "sidecar_config_reloads_total", timeout=10, result="failure")
+            assert metric(samples, "sidecar_config_reloads_total", result="failure") == 1
+
+            deadline = time.monotonic() + 20
+            while (a := (await alerts()).get("SidecarConfigReloadFailed")) is None:
+                assert time.monotonic() < deadline, f"alert never became active: {await alerts()}"
+                await asyncio.sleep(0.25)
+            assert a["state"] == "pending"            # for: 1m, so pending first
+            assert a["labels"]["severity"] == "warning" and a["labels"]["job"] == "langgraph-sidecar"
+            assert a["annotations"]["runbook_url"] == "docs/runbooks.md#sidecarconfigreloadfailed"
+            assert "Config reload failed on" in a["annotations"]["summary"]
+            # the scrape target is healthy, so the monitoring-blind alerts stay quiet
+            assert {"SidecarMetricsAbsent", "SidecarScrapeFailing"}.isdisjoint(await alerts())
+    finally:
+        stop(prom)
+        proxy.kill()
+        await up.stop()

@@ -11,16 +11,18 @@ from prometheus_client import CollectorRegistry
 
 from . import __version__
 from . import config as C
+from . import errors as E
 from .accept import GuardedAppRunner, make_server
 from .exchange import Exchange
-from .forward import Forwarder
+from .forward import BufferBudget, Forwarder
 from .langgraph import RunCanceller, RunTracker
-from .layers import Errors, RequestId, RouteMatch, TargetCheck
+from .layers import Deliver, Errors, LayerEntry, RequestId, RouteMatch, TargetCheck, Upgrade
 from .metrics import Metrics
 from .policies.breaker import Breaker, BreakerPolicy
-from .policies.limits import Limits
+from .policies.deadline import Deadline
+from .policies.limits import Counts, Limits
 from .policies.retry import Retry, RetryBudget
-from .policies.timeouts import Timeouts
+from .probes import PendingProbe, ProbeRunner
 from .routes import RouteTable
 from .telemetry import AccessLog, Telemetry
 from .upstream import UpstreamPool
@@ -33,8 +35,8 @@ class Pipeline:
     """Everything built from one config: the route table and the layer chain.
 
     A request holds the pipeline it started with, so a reload never changes the rules under an
-    in-flight stream. Breakers and the connection pool live in :class:`Runtime` and survive
-    reloads that leave their settings unchanged.
+    in-flight stream. Everything that counts or remembers (concurrency counts, breakers, the
+    pool, the buffer budget, metrics, probe state) lives in :class:`Runtime` and survives reloads.
     """
 
     def __init__(self, cfg: C.Config, rt: "Runtime"):
@@ -42,54 +44,68 @@ class Pipeline:
         self.table = RouteTable(cfg)
         breakers = rt.sync_breakers(self.table.breaker_settings(cfg)) if cfg.circuit_breaker.enabled else {}
         m = rt.metrics
-        forward = Forwarder(rt.pool, max_body=cfg.limits.max_body_bytes,
-                            body_read_timeout=cfg.server.body_read_timeout,
+        forward = Forwarder(rt.pool, limits=cfg.limits, server=cfg.server,
                             deadline_header=cfg.timeouts.deadline_header,
                             on_client_gone=rt.canceller.cancel_later, run_tracker=RunTracker(),
-                            streams_gauge=m.in_flight_streams, websocket=rt.websocket, retries=m.retries)
-        access = rt.access_log if cfg.logging.access_log else None
-        budget = rt.retry_budget(cfg.retries)
+                            metrics=m, buffers=rt.buffers)
 
-        # The request path, outermost first. Each entry: (name, factory taking the next handler).
-        layers = [
+        # The request path, outermost first: (name, layer class, its settings). Each layer is
+        # ``cls(next_handler, **settings)``; see the Handler contract in proxy/layers.py.
+        layers: list[LayerEntry] = [
             # first, so every later error body and log line carries the id
-            ("request_id", lambda nxt: RequestId(nxt)),
+            ("request_id", RequestId, {"probes": rt.pending_probes}),
             # before telemetry, because metrics and logs are labelled by the route template
-            ("route", lambda nxt: RouteMatch(nxt, self.table)),
+            ("route", RouteMatch, {"table": self.table}),
             # every failure below becomes the one JSON error shape (or a clean abort mid-stream)
-            ("errors", lambda nxt: Errors(nxt)),
+            ("errors", Errors, {}),
             # inside errors, so it counts the status the client gets, sheds and timeouts included
-            ("telemetry", lambda nxt: Telemetry(nxt, m, access, rt.loop, cfg.metrics.exemplars,
-                                                on_success=rt.note_success)),
+            ("telemetry", Telemetry, {"metrics": m, "access_log": rt.access_log if cfg.logging.access_log else None,
+                                      "exemplars": cfg.metrics.exemplars, "on_success": rt.note_success,
+                                      "on_probe": rt.probe_finished}),
             # inside telemetry, so refused targets are counted; before anything is spent on them
-            ("target_check", lambda nxt: TargetCheck(nxt)),
+            ("target_check", TargetCheck, {}),
+            # outside the limits: a whole answer is written to a slow reader after its slot and
+            # its upstream connection were given back (only its bounded buffer is held)
+            ("deliver", Deliver, {"buffers": rt.buffers, "write_timeout": cfg.server.client_write_timeout,
+                                  "loop": rt.loop, "draining": rt.is_draining}),
             # shed before spending anything on the request (no queue, no upstream connection)
-            ("limits", lambda nxt: Limits(nxt, max_concurrent=cfg.limits.max_concurrent_requests,
-                                          max_streams=cfg.limits.max_concurrent_streams,
-                                          max_body=cfg.limits.max_body_bytes,
-                                          max_header=cfg.limits.max_header_bytes, metrics=m)),
+            ("limits", Limits, {"counts": rt.counts, "max_concurrent": cfg.limits.max_concurrent_requests,
+                                "max_streams": cfg.limits.max_concurrent_streams,
+                                "max_body": cfg.limits.max_body_bytes,
+                                "max_header": cfg.limits.max_header_bytes, "metrics": m}),
             # outside the breaker, so each attempt is judged (and may be refused) by it
-            ("retry", lambda nxt: Retry(nxt, backoff=cfg.retries.backoff, max_backoff=cfg.retries.max_backoff,
-                                        budget=budget, metrics=m)),
+            ("retry", Retry, {"backoff": cfg.retries.backoff, "max_backoff": cfg.retries.max_backoff,
+                              "budget": rt.retry_budget(cfg.retries), "metrics": m}),
             # fail fast without touching an upstream that is failing
-            ("breaker", lambda nxt: BreakerPolicy(nxt, breakers, metrics=m,
-                                                  probe_may_trial=cfg.circuit_breaker.half_open_probe_trial)),
+            ("breaker", BreakerPolicy, {"breakers": breakers, "metrics": m,
+                                        "probe_may_trial": cfg.circuit_breaker.half_open_probe_trial}),
             # the total deadline, fixed once so retries share it; the forwarder arms the rest
-            ("timeouts", lambda nxt: Timeouts(nxt, rt.loop)),
+            ("deadline", Deadline, {"loop": rt.loop}),
+            # WebSocket upgrades are relayed by aiohttp's client; everything else by the pool
+            ("upgrade", Upgrade, {"relay": rt.websocket}),
         ]
         if not cfg.circuit_breaker.enabled:
             layers = [entry for entry in layers if entry[0] != "breaker"]
-        self.layer_names = [name for name, _ in layers] + ["forward"]
+        self.layers = layers
+        self.layer_names = [name for name, _, _ in layers] + ["forward"]
         handler = forward
-        for _, make in reversed(layers):
-            handler = make(handler)
+        for _, cls, settings in reversed(layers):
+            handler = cls(handler, **settings)
         self.entry = handler
+
+    def describe(self) -> list[dict]:
+        """The layer list with each layer's plain settings, for /status."""
+        out = []
+        for name, cls, settings in self.layers:
+            plain = {k: v for k, v in settings.items() if isinstance(v, (int, float, str, bool)) or v is None}
+            out.append({"name": name, "class": cls.__name__, "settings": plain})
+        return out + [{"name": "forward", "class": "Forwarder", "settings": {}}]
 
 
 class Runtime:
-    """Process-wide state: metrics, the upstream pool, breakers, readiness, in-flight count.
-
-    Survives config reloads; ``pipeline`` is swapped atomically by :meth:`apply`.
+    """Process-wide state: metrics, the upstream pool, breakers, concurrency counts, the buffer
+    budget, readiness, in-flight count, probes. Survives config reloads; ``pipeline`` is swapped
+    atomically by :meth:`apply`.
     """
 
     def __init__(self, cfg: C.Config, registry: CollectorRegistry | None = None, config_path: str | None = None):
@@ -99,23 +115,39 @@ class Runtime:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self.metrics = Metrics(self.registry, cfg.metrics.prefix, __version__)
         self.access_log = AccessLog(cfg.logging.format)
-        self.pool = self._make_pool(cfg.upstream)
+        self.pool = self._make_pool(cfg)
         self.canceller = RunCanceller(self.pool, self.metrics)
         self.websocket = WebSocketRelay(cfg.upstream.url, self.metrics, cfg.upstream.connect_timeout)
         self.breakers: dict[str, Breaker] = {}
-        self._budget = None
+        self.counts = Counts()
+        self.buffers = BufferBudget(cfg.limits.max_buffered_bytes)
+        self._budget: RetryBudget | None = None
         self.state = "starting"          # starting → ready → draining
         self.active = 0                  # requests in flight (drain waits for 0)
         self._idle = asyncio.Event()
         self._idle.set()
         self.started_at = self.loop.time()
-        self.probes = None               # set by the probe runner
+        self.loop_lag = 0.0              # set by the lifecycle's lag monitor
+        self.probes: ProbeRunner | None = None  # set by the lifecycle
+        self.pending_probes: dict[str, PendingProbe] = {}  # request id → the probe waiting on it
+        self.traffic_address: tuple[str, int] | None = None   # where probes send their requests
         self.last_success: dict[str, float] = {}   # route name → loop time of last user success
+        self._gauges()
         self.pipeline = Pipeline(cfg, self)
+        self.metrics.configure(cfg, self.pipeline.table, list(self.breakers), [p.name for p in cfg.probes])
 
-    def _make_pool(self, up: C.UpstreamConfig) -> UpstreamPool:
-        pool = UpstreamPool(up.url, connect_timeout=up.connect_timeout, max_connections=C.pool_size(self.cfg),
-                            keepalive_timeout=up.keepalive_timeout)
+    def _gauges(self) -> None:
+        m = self.metrics
+        m.upstream_connections.labels("busy").set_function(lambda: len(self.pool.busy))
+        m.upstream_connections.labels("idle").set_function(lambda: len(self.pool.idle))
+        m.upstream_connections.labels("waiting").set_function(lambda: len(self.pool._waiters))
+        m.response_buffer_bytes.set_function(lambda: self.buffers.used)
+
+    @staticmethod
+    def _make_pool(cfg: C.Config) -> UpstreamPool:
+        up = cfg.upstream
+        pool = UpstreamPool(up.url, connect_timeout=up.connect_timeout, max_connections=C.pool_size(cfg),
+                            keepalive_timeout=up.keepalive_timeout, pool_timeout=up.pool_timeout)
         pool.start()
         return pool
 
@@ -125,11 +157,16 @@ class Runtime:
         return self._budget
 
     def sync_breakers(self, settings: dict[str, C.BreakerConfig]) -> dict[str, Breaker]:
-        """Keep breakers whose settings did not change (their state survives a reload)."""
+        """Keep every breaker that still exists, with its state; new settings apply in place
+        (an open breaker stays open until its new reset timeout)."""
         out = {}
         for name, s in settings.items():
-            old = self.breakers.get(name)
-            out[name] = old if old is not None and old.settings == s else Breaker(name, s, self.metrics)
+            br = self.breakers.get(name)
+            if br is None:
+                br = Breaker(name, s, self.metrics)
+            elif br.settings != s:
+                br.update(s)
+            out[name] = br
         self.breakers = out
         return out
 
@@ -139,9 +176,15 @@ class Runtime:
     def apply(self, cfg: C.Config) -> list[str]:
         """Swap in a new config; returns what needs a restart to take effect."""
         needs_restart = C.restart_changes(self.cfg, cfg)  # the keys marked restart=True in config.py
-        if cfg.upstream != self.cfg.upstream:
+        self.buffers.limit = cfg.limits.max_buffered_bytes
+        if cfg.upstream.url == self.cfg.upstream.url:
+            # same upstream: keep the pool and its connections, apply the new sizes in place
+            p = self.pool
+            p.connect_timeout, p.pool_timeout = cfg.upstream.connect_timeout, cfg.upstream.pool_timeout
+            p.keepalive_timeout, p.max_connections = cfg.upstream.keepalive_timeout, C.pool_size(cfg)
+        else:
             old = self.pool
-            self.pool = self._make_pool(cfg.upstream)
+            self.pool = self._make_pool(cfg)
             self.canceller = RunCanceller(self.pool, self.metrics)
             old_ws = self.websocket
             self.websocket = WebSocketRelay(cfg.upstream.url, self.metrics, cfg.upstream.connect_timeout)
@@ -151,6 +194,7 @@ class Runtime:
         logging.getLogger().setLevel(cfg.logging.level.upper())
         self.pipeline = Pipeline(cfg, self)
         self.cfg = cfg
+        self.metrics.configure(cfg, self.pipeline.table, list(self.breakers), [p.name for p in cfg.probes])
         return needs_restart
 
     # ---- readiness ----
@@ -183,11 +227,24 @@ class Runtime:
             if self.active == 0:
                 self._idle.set()
 
+    def is_draining(self) -> bool:
+        return self.state == "draining"
+
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
+    def cut_in_flight(self) -> int:
+        """The shutdown grace ran out: end every exchange still talking to the upstream as cut by
+        the proxy (SSE gets ``event: error`` of type ``shutdown``; outcome ``shutdown``)."""
+        return self.pool.fail_busy(E.ShuttingDown("the proxy is shutting down and its shutdown_grace ran out"))
+
+    def probe_finished(self, ex, status: int, outcome: str, who: str | None) -> None:
+        """Telemetry's report on a probe's exchange, for the probe runner waiting on it."""
+        pending = self.pending_probes.pop(ex.request_id, None)
+        if pending is not None and not pending.future.done():
+            pending.future.set_result((status, outcome, who, ex))
+
     def status(self) -> dict:
-        from .config import summary
         return {
             "version": __version__,
             "state": self.state,
@@ -195,11 +252,13 @@ class Runtime:
             "in_flight_requests": self.active,
             "tasks": len(asyncio.all_tasks(self.loop)),
             "upstream_pool": self.pool.stats(),
+            "capacity": {"in_flight": self.counts.active, "streams": self.counts.streams,
+                         "buffered_bytes": self.buffers.used, "buffer_limit_bytes": self.buffers.limit},
             "breakers": {n: b.snapshot() for n, b in self.breakers.items()},
             "probes": self.probes.status() if self.probes is not None else {},
-            "layers": self.pipeline.layer_names,
+            "layers": self.pipeline.describe(),
             "routes": self.pipeline.table.names,
-            "config": summary(self.cfg),
+            "config": C.summary(self.cfg),
         }
 
 
@@ -234,6 +293,9 @@ async def start_servers(rt: Runtime, on_drain=None):
         tsock.close()
         raise
     traffic = make_server(rt, cfg.server)
+    host = C.parse_hostport(cfg.server.listen)[0]
+    # probes send their requests through this port, to the same layers as user traffic
+    rt.traffic_address = ({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host), tsock.getsockname()[1])
     tserver = await rt.loop.create_server(traffic, sock=tsock, backlog=4096)  # uvloop re-listens: keep the backlog
     runner = GuardedAppRunner(admin_app(rt, on_drain), head_timeout=cfg.server.header_read_timeout,
                               max_connections=256, access_log=None, handle_signals=False)

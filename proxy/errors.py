@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import json
 
+from aiohttp import ClientConnectionResetError
+
+# what a write to a client that went away raises
+CLIENT_GONE = (ConnectionResetError, BrokenPipeError, ClientConnectionResetError)
+
 
 class ProxyError(Exception):
     """Base of every failure the proxy turns into its own response.
@@ -19,6 +24,10 @@ class ProxyError(Exception):
     type = "internal_error"
     who = "proxy"
     headers: tuple[tuple[str, str], ...] = ()
+    # after this error the rest of the request (its body) is unread or its framing not trusted:
+    # close the connection; ``stop_lingering`` also skips aiohttp's lingering read of that body
+    close_connection = False
+    stop_lingering = False
 
     def __init__(self, message: str | None = None):
         super().__init__(message or self.default_message())
@@ -105,6 +114,7 @@ class ClientGone(ClientFault):
 
 class BodyTooLarge(ClientFault):
     status, type = 413, "body_too_large"
+    close_connection = True
 
 
 class HeadersTooLarge(ClientFault):
@@ -113,11 +123,19 @@ class HeadersTooLarge(ClientFault):
 
 class BadRequest(ClientFault):
     status, type = 400, "bad_request"
+    close_connection = stop_lingering = True
+
+
+class VersionNotSupported(ClientFault):
+    status, type = 505, "http_version_not_supported"
+    close_connection = True
 
 
 class ClientTimeout(ClientFault):
     """The client was too slow sending its request body."""
     status, type = 408, "client_timeout"
+    # a client already too slow to send its body would keep its slot for lingering_time
+    close_connection = stop_lingering = True
 
 
 class ClientSlow(ClientFault):

@@ -13,8 +13,8 @@ class Exchange:
     __slots__ = ("request_id", "method", "path", "route", "start", "upstream_start", "upstream_time",
                  "ttfb", "status", "error", "req_bytes", "resp_bytes", "headers_sent",
                  "is_stream", "events", "first_event", "run_outcome", "content_location",
-                 "breaker", "probe", "attempts", "sent_any", "timeouts", "deadline", "client_ip",
-                 "upstream_failure", "body")
+                 "probe", "attempts", "sent_any", "deadline", "client_ip", "body", "buffered",
+                 "on_stream_start")
 
     def __init__(self, request_id: str, method: str, path: str, start: float, probe: str | None = None):
         self.request_id = request_id
@@ -26,7 +26,7 @@ class Exchange:
         self.upstream_time = 0.0       # seconds spent waiting on the upstream (headers + body)
         self.ttfb = None
         self.status = 0
-        self.error = None              # the exception that ended the exchange, if any
+        self.error = None              # what ended the answer after its headers (who: error.who)
         self.req_bytes = 0
         self.resp_bytes = 0
         self.headers_sent = False
@@ -35,12 +35,11 @@ class Exchange:
         self.first_event = None
         self.run_outcome = None
         self.content_location = None
-        self.breaker = None
         self.probe = probe
-        self.attempts = 0
+        self.attempts = 1              # times the upstream was sent this request (retries.attempts bounds it)
         self.sent_any = False          # any request byte reached the upstream (retry safety)
-        self.timeouts = None
         self.deadline = None
         self.client_ip = None
-        self.upstream_failure = False  # the upstream misbehaved (breaker failure), even after headers
         self.body = None               # a small request body, kept so a retry can resend it
+        self.buffered = 0              # bytes of a whole answer held (BufferBudget) until delivered
+        self.on_stream_start = None    # called once at a stream's first event (the breaker's success)

@@ -1,9 +1,13 @@
 """The innermost layer: stream one request to the upstream and its response back.
 
 Nothing is buffered but what must be: a small request body (so a safe retry can resend it) and a
-small, complete response (one write instead of several). Everything else moves chunk by chunk;
-SSE chunks are written the moment they arrive. Timeouts are armed on the upstream connection
-(one timer each), and failures after the response started end the stream cleanly: an SSE
+non-streaming answer with a Content-Length up to ``limits.max_buffered_response_bytes``, read whole
+so its upstream connection goes back to the pool at once whatever the client's speed (the
+process-wide :class:`BufferBudget` bounds all of them together; the ``deliver`` layer writes it
+out). Everything else moves chunk by chunk; SSE chunks are written the moment they arrive and are
+never buffered. Upstream timeouts are armed on the upstream connection (one timer each); every
+write to the client that would block is bounded by ``server.client_write_timeout`` and by the
+exchange's own deadline. Failures after the response started end it unmistakably: an SSE
 ``event: error`` for event streams, an aborted connection for everything else, so a truncated
 body can never pass for a complete one.
 """
@@ -16,43 +20,78 @@ from aiohttp import web
 
 from . import errors as E
 from .exchange import Exchange
-from .headers import DOWN_STRIP, connection_tokens, upstream_head
+from .headers import DOWN_STRIP, URL_HEADERS, client_host, client_url, connection_tokens, upstream_head
+from .outcome import IDEMPOTENT, count_failure
 from .sse import SSEScanner
 from .upstream import UpstreamConnection, UpstreamPool
-from .websocket import is_upgrade
 
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-SMALL = 64 * 1024
-_CLIENT_GONE = (ConnectionResetError, BrokenPipeError)
-try:  # aiohttp >= 3.10 raises its own subclass on writes to a closed client
-    from aiohttp import ClientConnectionResetError as _CCRE
-    _CLIENT_GONE = _CLIENT_GONE + (_CCRE,)
-except ImportError:  # pragma: no cover
-    pass
+SMALL = 64 * 1024  # request bodies up to this are read whole (a retry can resend them)
+_CLIENT_GONE = E.CLIENT_GONE
+
+
+
+class BufferBudget:
+    """The process-wide bound on whole answers held in memory for slow clients.
+
+    ``take(n)`` reserves ``n`` bytes if they fit under ``limit`` (else the answer streams);
+    ``give(n)`` returns them once the answer was written or dropped. Lives in the Runtime, so a
+    reload never forgets what is held.
+    """
+
+    __slots__ = ("limit", "used", "gauge")
+
+    def __init__(self, limit: int, gauge=None):
+        self.limit = limit
+        self.used = 0
+        self.gauge = gauge
+
+    def take(self, n: int) -> bool:
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used -= n
+
+
+async def write_within(writer, deadline: float, why: str, loop) -> None:
+    """Wait until the client's socket takes more bytes, at most until ``deadline`` (loop time).
+
+    Only called when the transport is paused (the client reads slower than we write), so a
+    client that keeps up never pays for a timer.
+    """
+    try:
+        async with asyncio.timeout_at(deadline):
+            await writer.drain()
+    except TimeoutError:
+        raise E.ClientSlow("client_write", f"the client read nothing of its answer within {why}") from None
 
 
 class Forwarder:
     """Forwards an exchange upstream through ``pool``; the contract of every layer:
-    ``await forwarder(request, ex) -> StreamResponse`` (already sent when streamed).
+    ``await forwarder(request, ex) -> StreamResponse`` (already sent when streamed, or a whole
+    ``web.Response`` that the ``deliver`` layer writes).
 
     ``on_client_gone(ex)`` is called (synchronously) when a client leaves mid-response, e.g. to
     cancel a LangGraph run; ``max_body`` bounds streamed request bodies (413 / abort).
     """
 
-    def __init__(self, pool: UpstreamPool, *, max_body: int, body_read_timeout: float,
-                 deadline_header: str | None = None, on_client_gone=None, run_tracker=None,
-                 streams_gauge=None, websocket=None, retries=None):
+    def __init__(self, pool: UpstreamPool, *, limits, server, deadline_header: str | None = None,
+                 on_client_gone=None, run_tracker=None, metrics=None, buffers: BufferBudget | None = None):
         self.pool = pool
         self.loop = pool.loop
-        self.max_body = max_body
-        self.body_read_timeout = body_read_timeout
+        self.max_body = limits.max_body_bytes
+        self.max_buffered = limits.max_buffered_response_bytes
+        self.body_read_timeout = server.body_read_timeout
+        self.write_timeout = server.client_write_timeout
         self.deadline_header = deadline_header.encode() if deadline_header else None
         self.on_client_gone = on_client_gone
         self.run_tracker = run_tracker
-        self.streams_gauge = streams_gauge
-        self.websocket = websocket
-        self.retries = retries  # counter: the transparent retry after a stale pooled connection counts too
+        self.metrics = metrics
+        self.streams_gauge = metrics.in_flight_streams if metrics is not None else None
+        self.buffers = buffers
 
     # ---------------------------------------------------------------- request side
     async def _read_small_body(self, request) -> bytes:
@@ -113,8 +152,6 @@ class Forwarder:
     # ---------------------------------------------------------------- the exchange
     async def __call__(self, request, ex: Exchange) -> web.StreamResponse:
         method = ex.method
-        if self.websocket is not None and "Upgrade" in request.headers and is_upgrade(request):
-            return await self.websocket(request, ex)
         route = ex.route
         t = route.timeouts
         framing, stream_body = self._framing(request, method)
@@ -139,7 +176,7 @@ class Forwarder:
             remaining = max(0, int((ex.deadline - self.loop.time()) * 1000))
             extra = [(self.deadline_header, str(remaining).encode())]
         head = upstream_head(method, request.raw_path, request.raw_headers,
-                             host=self.pool.host_header, request_id=ex.request_id,
+                             upstream=self.pool, preserve_host=route.preserve_host, request_id=ex.request_id,
                              client_ip=ex.client_ip, proto=request.scheme, body_framing=framing,
                              extra=extra)
         if body:
@@ -148,9 +185,14 @@ class Forwarder:
         total = t.request
         if ex.deadline is not None:
             total = max(0.001, ex.deadline - self.loop.time())
-        conn = await self.pool.acquire()
+        try:
+            conn = await self.pool.acquire()
+        except E.PoolExhausted:
+            if self.metrics is not None:
+                self.metrics.shed.labels("pool_exhausted").inc()
+            raise
         pump = None
-        for attempt in (0, 1):
+        while True:
             ex.upstream_start = monotonic()
             conn.begin(head, first_byte=t.first_byte, total=total, total_kind="request",
                        idle=t.idle, head_only=method == "HEAD")
@@ -165,19 +207,22 @@ class Forwarder:
                         raise pump.exception()
                 status, raw = await conn.headers()
                 break
-            except (E.UpstreamReset, E.UpstreamProtocolError):
-                # a pooled connection the upstream had just closed: retry once on a fresh one,
-                # only when that cannot run anything twice
+            except (E.UpstreamReset, E.UpstreamProtocolError) as e:
+                # a pooled connection the upstream had just closed: retry on a fresh one, only when
+                # that cannot run anything twice, and only within retries.attempts (this attempt
+                # counts like any other: the upstream may see the request at most that often)
                 stale = (conn.reused and not conn.received_any and not stream_body
-                         and method in IDEMPOTENT)
+                         and method in IDEMPOTENT and ex.attempts < route.attempts)
                 if pump is not None:
                     await _stop(pump)
                 conn.abort()
                 self.pool.release(conn)
-                if attempt or not stale:
+                if not stale:
                     raise
-                if self.retries is not None:
-                    self.retries.labels(route.name).inc()
+                ex.attempts += 1
+                if self.metrics is not None:
+                    count_failure(self.metrics, route.name, e)
+                    self.metrics.retries.labels(route.name).inc()
                 conn = await self.pool.connect()
             except BaseException:
                 if pump is not None:
@@ -214,8 +259,10 @@ class Forwarder:
                 continue
             if kl == b"content-type" and v[:17].lower() == b"text/event-stream":
                 sse = True
-            elif kl == b"content-location":
-                ex.content_location = v.decode("latin-1")
+            elif kl in URL_HEADERS:
+                v = client_url(v, upstream=self.pool, sent_host=client_host(request.raw_headers))
+                if kl == b"content-location":
+                    ex.content_location = v.decode("latin-1")
             hdrs.append((k.decode("latin-1"), v.decode("latin-1")))
         if conn_listed:
             dropped = connection_tokens(raw)
@@ -223,22 +270,28 @@ class Forwarder:
         hdrs.append(("X-Request-ID", ex.request_id))
         tracker = self.run_tracker if route.run_kind is not None else None
 
-        if not sse and clen is not None and clen <= SMALL and ex.method != "HEAD":
-            # small, length-delimited body: gather it and answer with one write
+        if (not sse and clen is not None and ex.method != "HEAD" and clen <= self.max_buffered
+                and self.buffers is not None and self.buffers.take(clen)):
+            # a whole, length-delimited answer: read it now (the upstream's timers still apply),
+            # so the connection goes back to the pool before a slow client has read a byte
+            ex.buffered = clen
             parts = []
-            while True:
-                chunk = await conn.next_chunk()
-                if chunk is None:
-                    break
-                parts.append(chunk)
+            try:
+                while True:
+                    chunk = await conn.next_chunk()
+                    if chunk is None:
+                        break
+                    parts.append(chunk)
+            except BaseException:
+                self.buffers.give(clen)  # nothing to deliver (a retry may take its own)
+                ex.buffered = 0
+                raise
             body = b"".join(parts) if len(parts) != 1 else parts[0]
             ex.upstream_time = monotonic() - ex.upstream_start
             ex.resp_bytes = len(body)
             if tracker is not None:
                 tracker.wait_body(ex, body)
-            resp = web.Response(status=status, headers=hdrs, body=body)
-            ex.headers_sent = True
-            return resp
+            return web.Response(status=status, headers=hdrs, body=body)
 
         resp = web.StreamResponse(status=status, headers=hdrs)
         if clen is not None:
@@ -255,10 +308,15 @@ class Forwarder:
             conn.set_stream_timeouts(total=t.stream, total_kind="stream", idle=t.idle,
                                      event_idle=t.event_idle)
         try:
+            ex.headers_sent = True
             await resp.prepare(request)
         except _CLIENT_GONE:
+            if gauge is not None:
+                gauge.dec()
             raise E.ClientGone() from None
-        ex.headers_sent = True
+        writer = request.writer
+        proto = writer.protocol
+        write_timeout = self.write_timeout
         sent = 0
         head_bytes = None
         completed = False
@@ -271,26 +329,49 @@ class Forwarder:
                     conn.last_event = loop.time()
                     if ex.first_event is None:
                         ex.first_event = monotonic() - ex.start
+                        if ex.on_stream_start is not None:
+                            ex.on_stream_start(ex)
                 elif tracker is not None and head_bytes is None:
                     head_bytes = tracker.body_head(chunk)
                 sent += len(chunk)
-                await resp.write(chunk)
+                await writer.write(chunk, drain=False)
+                if proto.writing_paused:
+                    await self._drain(writer, conn, write_timeout)
             ex.upstream_time = monotonic() - ex.upstream_start
+            if proto.writing_paused:
+                await self._drain(writer, conn, write_timeout)
             await resp.write_eof()
             completed = True
-        except E.ProxyError as e:
-            # the upstream failed after the client got headers: end the stream unmistakably
+        except E.ClientSlow as e:
+            # the client stopped reading: cut it (the upstream connection is closed by release)
             ex.upstream_time = monotonic() - ex.upstream_start
             ex.error = e
-            ex.upstream_failure = True
+            conn.abort()
+            tr = request.transport
+            if tr is not None:
+                tr.abort()
+            if route.cancel_on_disconnect and self.on_client_gone is not None:
+                self.on_client_gone(ex)
+        except E.ProxyError as e:
+            # the upstream failed (or the proxy's shutdown cut it) after the client got
+            # headers: end the answer unmistakably
+            ex.upstream_time = monotonic() - ex.upstream_start
+            ex.error = e
             if scanner is not None:
                 try:
                     # end a half-written event first, so the error event parses on its own
                     prefix = b"\r\n\r\n" if scanner.mid_event else b""
-                    await resp.write(prefix + E.sse_error_event(e.type, str(e), ex.request_id))
+                    await writer.write(prefix + E.sse_error_event(e.type, str(e), ex.request_id), drain=False)
+                    if proto.writing_paused:
+                        await self._drain(writer, conn, write_timeout)
+                    if clen is not None:
+                        # a declared length we cannot reach: only a cut connection says so
+                        raise ConnectionResetError
                     await resp.write_eof()
-                except _CLIENT_GONE:
-                    pass
+                except (E.ClientSlow, *_CLIENT_GONE):
+                    tr = request.transport
+                    if tr is not None:
+                        tr.abort()
             else:
                 tr = request.transport
                 if tr is not None:
@@ -315,6 +396,16 @@ class Forwarder:
                 elif head_bytes is not None:
                     tracker.wait_body(ex, head_bytes)
         return resp
+
+    async def _drain(self, writer, conn: UpstreamConnection, write_timeout: float) -> None:
+        """The client's socket is full: wait for it within the write timeout and the exchange's
+        own deadline (request or stream), which hold even while we wait on the client."""
+        deadline = self.loop.time() + write_timeout
+        why = f"server.client_write_timeout ({write_timeout:g}s)"
+        if conn.total_at is not None and conn.total_at < deadline:
+            deadline = conn.total_at
+            why = f"the {conn.total_kind} deadline"
+        await write_within(writer, deadline, why, self.loop)
 
 
 async def _stop(task: asyncio.Task) -> None:

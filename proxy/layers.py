@@ -1,4 +1,5 @@
-"""The small outer layers: request id, route, and the error table applied to responses."""
+"""The small layers: request id, route, the error table applied to responses, the target check,
+delivery of whole answers to the client, and the WebSocket branch."""
 from __future__ import annotations
 
 import asyncio
@@ -6,21 +7,38 @@ import logging
 
 from aiohttp import web
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from . import errors as E
+from .exchange import Exchange
 from .headers import request_id_from
+from .websocket import is_upgrade
+
+# The contract of every layer and of the forwarder: take the request and its Exchange, return the
+# response (already sent when streamed) or raise a proxy.errors exception.
+Handler = Callable[[web.BaseRequest, Exchange], Awaitable[web.StreamResponse]]
+# One entry of the layer list in proxy/app.py: (name, class, settings); built as cls(next, **settings).
+LayerEntry = tuple[str, type, dict[str, Any]]
+
+_CLIENT_GONE = E.CLIENT_GONE
 
 log = logging.getLogger("proxy.errors")
 
 
 class RequestId:
     """Takes the client's X-Request-ID (when sane) or makes one; the forwarder sends it upstream
-    and back, the error layer puts it in every error body."""
+    and back, the error layer puts it in every error body. A request whose id a probe of this
+    process registered (random, single use) is marked as that probe's exchange."""
 
-    def __init__(self, next_handler):
+    def __init__(self, next_handler: Handler, probes: dict):
         self.next = next_handler
+        self.probes = probes
 
     async def __call__(self, request, ex):
-        ex.request_id = request_id_from(request.raw_headers)
+        ex.request_id = rid = request_id_from(request.raw_headers)
+        if self.probes and rid in self.probes:
+            ex.probe = self.probes[rid].probe_name
         peer = request.transport.get_extra_info("peername") if request.transport is not None else None
         ex.client_ip = peer[0] if peer else None
         return await self.next(request, ex)
@@ -40,10 +58,6 @@ class RouteMatch:
         return await self.next(request, ex)
 
 
-class VersionNotSupported(E.ClientFault):
-    status, type = 505, "http_version_not_supported"
-
-
 def check_target(request) -> None:
     """Only origin-form targets (``/path?query``), or ``*`` for OPTIONS, reach the upstream.
 
@@ -57,7 +71,7 @@ def check_target(request) -> None:
         raise E.BadRequest("request target must be a path starting with '/' "
                            "(absolute-form and authority-form targets are not proxied)")
     if request.version not in ((1, 1), (1, 0)):
-        raise VersionNotSupported("only HTTP/1.0 and HTTP/1.1 are served on this port")
+        raise E.VersionNotSupported("only HTTP/1.0 and HTTP/1.1 are served on this port")
 
 
 class TargetCheck:
@@ -70,9 +84,6 @@ class TargetCheck:
     async def __call__(self, request, ex):
         check_target(request)
         return await self.next(request, ex)
-
-
-_CLOSE_AFTER = (E.BadRequest, VersionNotSupported, E.ClientTimeout, E.BodyTooLarge)
 
 
 class Errors:
@@ -107,13 +118,64 @@ class Errors:
             resp.headers["X-Request-ID"] = ex.request_id
             for k, v in getattr(e, "headers", ()):
                 resp.headers[k] = v
-            if isinstance(e, _CLOSE_AFTER):
-                # the rest of this request's body is unread (or its framing is not trusted):
-                # close instead of letting aiohttp linger reading it (a slow-body client would
-                # keep its connection slot for lingering_time after its 408)
+            if getattr(e, "close_connection", False):
                 resp.force_close()
-                if isinstance(e, (E.ClientTimeout, E.BadRequest)):
+                if e.stop_lingering:
                     stop = getattr(request.protocol, "stop_lingering", None)
                     if stop is not None:
                         stop()
             return resp
+
+
+class Deliver:
+    """Writes a whole answer (one the forwarder read into memory) to the client, bounded by
+    ``server.client_write_timeout`` and the request deadline, then gives its bytes back to the
+    process-wide :class:`~proxy.forward.BufferBudget`. It sits outside the limits, so a slow
+    reader holds neither a concurrency slot nor an upstream connection, only its bounded buffer.
+    Streamed answers were written by the forwarder already and pass through."""
+
+    def __init__(self, next_handler, *, buffers, write_timeout: float, loop, draining):
+        self.next = next_handler
+        self.buffers = buffers
+        self.write_timeout = write_timeout
+        self.loop = loop
+        self.draining = draining  # () -> bool: tell keep-alive clients to reconnect (elsewhere)
+
+    async def __call__(self, request, ex):
+        try:
+            resp = await self.next(request, ex)
+            if resp.prepared or not ex.buffered:
+                return resp
+            if self.draining():
+                resp.force_close()
+            deadline = self.loop.time() + self.write_timeout
+            why = f"server.client_write_timeout ({self.write_timeout:g}s)"
+            if ex.deadline is not None and ex.deadline < deadline:
+                deadline, why = ex.deadline, "the request deadline"
+            ex.headers_sent = True
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await resp.prepare(request)
+                    await resp.write_eof()
+            except TimeoutError:
+                raise E.ClientSlow("client_write", f"the client read nothing of its answer within {why}") from None
+            except _CLIENT_GONE:
+                raise E.ClientGone() from None
+            return resp
+        finally:
+            if ex.buffered:
+                self.buffers.give(ex.buffered)
+                ex.buffered = 0
+
+
+class Upgrade:
+    """The WebSocket branch: upgrade requests go to the relay, everything else to the forwarder."""
+
+    def __init__(self, next_handler, relay):
+        self.next = next_handler
+        self.relay = relay
+
+    async def __call__(self, request, ex):
+        if "Upgrade" in request.headers and is_upgrade(request):
+            return await self.relay(request, ex)
+        return await self.next(request, ex)

@@ -15,9 +15,12 @@ import asyncio
 import collections
 import json
 import logging
+import os
 import random
 import re
 import time
+
+import aiohttp
 
 from . import errors as E
 from .sse import SSEScanner
@@ -92,6 +95,7 @@ class ProbeRunner:
         self.sleep = sleep
         self.states: dict[str, ProbeState] = {}
         self.tasks: dict[str, asyncio.Task] = {}
+        self._client: aiohttp.ClientSession | None = None
         self._sync_states()
 
     def _sync_states(self) -> None:
@@ -123,6 +127,7 @@ class ProbeRunner:
             t.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        await self.close()
 
     # ---- readiness and status ----
     def readiness_checks(self) -> list[dict]:
@@ -201,14 +206,17 @@ class ProbeRunner:
         t0 = self.rt.loop.time()
         try:
             async with asyncio.timeout(cfg.timeout):
-                ok, error, first_event = await self._call(cfg, route)
-            result = "passed" if ok else "failed"
+                ok, error, first_event, result = await self._call(cfg, route)
         except TimeoutError:
             ok, error, first_event, result = False, f"probe timed out after {cfg.timeout:g}s", None, "timeout"
-        except E.ProxyError as e:
-            ok, error, first_event = False, f"{e.type}: {e}", None
-            result = "timeout" if isinstance(e, E.UpstreamTimeout) else "failed"
         duration = self.rt.loop.time() - t0
+        if ok is None:
+            # shed by the proxy's own capacity: no verdict on the upstream, and no budget spent
+            st.calls.pop()
+            st.runs -= 1
+            m.probe_runs.labels(name, result).inc()
+            st.results.append({"time": time.time(), "result": result, "error": error})
+            return result
         m.probe_duration_seconds.labels(name).observe(duration)
         if first_event is not None:
             m.probe_time_to_first_event_seconds.labels(name).observe(first_event)
@@ -236,74 +244,72 @@ class ProbeRunner:
                                                              "state": "passing" if st.passing else "failing"}})
 
     # ---- one synthetic request ----
-    def _head(self, cfg, body: bytes) -> bytes:
-        rq = cfg.request
-        pool = self.rt.pool
-        lines = [f"{rq.method} {pool.base_path}{rq.path} HTTP/1.1".encode(), b"Host: " + pool.host_header]
-        names = {k.lower() for k in rq.headers}
-        for k, v in rq.headers.items():
-            lines.append(f"{k}: {v}".encode("latin-1"))
-        if rq.json is not None and "content-type" not in names:
-            lines.append(b"Content-Type: application/json")
-        lines.append(f"X-Sidecar-Probe: {cfg.name}".encode())
-        lines.append(f"X-Request-ID: probe-{cfg.name}-{int(time.time() * 1000)}".encode())
-        lines.append(b"Accept: text/event-stream, application/json")
-        if body or rq.method in ("POST", "PUT", "PATCH"):
-            lines.append(b"Content-Length: %d" % len(body))
-        return b"\r\n".join(lines) + b"\r\n\r\n" + body
+    def _session(self) -> aiohttp.ClientSession:
+        if self._client is None or self._client.closed:
+            self._client = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
 
     async def _call(self, cfg, route):
-        """(ok, error, time to first event) of one real request through the upstream path."""
+        """(ok, error, time to first event, result) of one real request through the proxy's
+        own traffic port, so it takes every layer user traffic takes (limits, retries, the
+        route's breaker, timeouts, telemetry) by construction. The request id is random and
+        registered for this call only: that is how the pipeline knows the exchange is a probe
+        (``ex.probe``: counted apart, never taking the half-open trial unless configured), and
+        how telemetry hands back who ended it."""
         rq = cfg.request
         body = json.dumps(rq.json).encode() if rq.json is not None else (rq.body or "").encode()
-        head = self._head(cfg, body)
-        br = self.rt.breakers.get(route.breaker)
-        trial = False
-        if br is not None and br.cb.current_state != "closed":
-            if not br.admit(probe=True, probe_may_trial=self.rt.cfg.circuit_breaker.half_open_probe_trial):
-                return False, f"circuit breaker {br.name!r} is open", None
-            trial = True
-        try:
-            if br is None:
-                return await self._exchange(cfg, route, head, None)
-            with br.cb.calling():
-                return await self._exchange(cfg, route, head, br)
-        except _BreakerFailure as f:
-            return f.verdict
-        finally:
-            if trial:
-                br.trial_in_flight = False
-
-    async def _exchange(self, cfg, route, head: bytes, br):
-        pool = self.rt.pool
-        t = route.timeouts
+        rid = f"probe-{cfg.name}-{os.urandom(8).hex()}"
         loop = self.rt.loop
+        pending = PendingProbe(cfg.name, loop.create_future())
+        headers = {"Accept": "text/event-stream, application/json"}
+        headers.update(rq.headers)
+        if rq.json is not None and not any(k.lower() == "content-type" for k in rq.headers):
+            headers["Content-Type"] = "application/json"
+        headers["X-Sidecar-Probe"] = cfg.name
+        headers["X-Request-ID"] = rid
+        host, port = self.rt.traffic_address
+        url = f"http://{host}:{port}{rq.path}"
+        self.rt.pending_probes[rid] = pending
         start = loop.time()
-        conn = await pool.acquire()
+        status, buf, scanner, first_event, cut = 0, bytearray(), None, None, None
         try:
-            conn.begin(head, first_byte=cfg.timeout, total=cfg.timeout, total_kind="request",
-                       idle=t.idle, head_only=cfg.request.method == "HEAD")
-            status, raw = await conn.headers()
-            sse = any(k.lower() == b"content-type" and v.lower().startswith(b"text/event-stream") for k, v in raw)
-            scanner = SSEScanner() if sse else None
-            buf = bytearray()
-            first_event = None
-            limit = cfg.max_body_bytes
-            while True:
-                chunk = await conn.next_chunk()
-                if chunk is None:
-                    break
-                if scanner is not None and scanner.feed(chunk) and first_event is None:
-                    first_event = loop.time() - start
-                if len(buf) < limit:
-                    buf += chunk[: limit - len(buf)]
-        finally:
-            pool.release(conn)
-        verdict = self._check(cfg, status, bytes(buf), scanner)
-        if br is not None and (status in br.failure_statuses or
-                               (br.count_run_errors and scanner is not None and scanner.error_seen)):
-            raise _BreakerFailure((False, verdict[1] or f"status {status}", first_event))
-        return verdict[0], verdict[1], first_event
+            async with self._session().request(rq.method, url, data=body if body or rq.method in ("POST", "PUT", "PATCH") else None,
+                                               headers=headers, allow_redirects=False) as resp:
+                status = resp.status
+                if resp.content_type == "text/event-stream":
+                    scanner = SSEScanner()
+                limit = cfg.max_body_bytes
+                async for chunk in resp.content.iter_any():
+                    if scanner is not None and scanner.feed(chunk) and first_event is None:
+                        first_event = loop.time() - start
+                    if len(buf) < limit:
+                        buf += chunk[: limit - len(buf)]
+        except (aiohttp.ClientError, OSError) as e:
+            cut = e  # the answer was cut (the exchange's verdict below says by whom)
+        except BaseException:
+            self.rt.pending_probes.pop(rid, None)
+            raise
+        try:
+            _, outcome, who, ex = await asyncio.wait_for(asyncio.shield(pending.future), 5)
+        except TimeoutError:
+            self.rt.pending_probes.pop(rid, None)
+            return False, f"probe request failed: {cut or 'no verdict from the pipeline'}", first_event, "failed"
+        if who == "proxy" and ex.error is None and outcome != "circuit_open":
+            # shed by the proxy's own capacity (or its shutdown): says nothing of the upstream
+            return None, f"{outcome}: {_message(buf)}", first_event, "skipped_capacity"
+        if who == "upstream" or (who == "proxy" and outcome == "circuit_open"):
+            err = ex.error
+            result = "timeout" if isinstance(err, E.UpstreamTimeout) or outcome == "upstream_timeout" else "failed"
+            text = str(err) if err is not None else _message(buf)
+            return False, f"{outcome}: {text}", first_event, result
+        if cut is not None or who is not None:
+            return False, f"{outcome}: the answer was cut ({cut or who})", first_event, "failed"
+        ok, error = self._check(cfg, status, bytes(buf), scanner)
+        return ok, error, first_event, "passed" if ok else "failed"
 
     @staticmethod
     def _check(cfg, status: int, body: bytes, scanner) -> tuple[bool, str | None]:
@@ -328,9 +334,22 @@ class ProbeRunner:
         return True, None
 
 
-class _BreakerFailure(Exception):
-    def __init__(self, verdict):
-        self.verdict = verdict
+class PendingProbe:
+    """A probe's request in flight: its name (marks the exchange) and the verdict telemetry sets."""
+
+    __slots__ = ("probe_name", "future")
+
+    def __init__(self, probe_name: str, future: asyncio.Future):
+        self.probe_name = probe_name
+        self.future = future
+
+
+def _message(body: bytes) -> str:
+    """The message of the proxy's own JSON error body, else the start of the answer."""
+    try:
+        return json.loads(body)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return body[:200].decode("utf-8", "replace")
 
 
 def _last_sse_data(text: str) -> str:

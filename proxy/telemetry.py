@@ -11,6 +11,7 @@ import sys
 import time
 
 from . import errors as E
+from .outcome import count_failure, ending
 
 _STREAM_OUTCOME = {"idle": "idle_timeout", "event_idle": "event_idle_timeout", "stream": "stream_timeout"}
 
@@ -43,22 +44,24 @@ class AccessLog:
         except (OSError, ValueError):
             pass
 
-    def write(self, ex, status: int, duration: float, outcome: str, probe: str | None) -> None:
+    def write(self, ex, status: int, duration: float, outcome: str, who: str | None, probe: str | None) -> None:
         method = ex.method if ex.method.isalpha() and len(ex.method) < 16 else json.dumps(ex.method)[1:-1]
         route = ex.route.name if ex.route is not None else "other"
         up = f"{ex.upstream_time:.6f}" if ex.upstream_time else "null"
         ttfb = f"{ex.ttfb:.6f}" if ex.ttfb is not None else "null"
+        ended = "null" if who is None else f'"{who}"'
         if self.fmt == "json":
             line = (f'{{"time":{time.time():.3f},"type":"access","request_id":"{ex.request_id}",'
                     f'"method":"{method}","route":"{route}","status":{status},"duration":{duration:.6f},'
                     f'"upstream_duration":{up},"ttfb":{ttfb},"request_bytes":{ex.req_bytes},'
-                    f'"response_bytes":{ex.resp_bytes},"outcome":"{outcome}","attempts":{ex.attempts or 1}'
+                    f'"response_bytes":{ex.resp_bytes},"outcome":"{outcome}",'
+                    f'"ended_by":{ended},"attempts":{ex.attempts}'
                     + (f',"events":{ex.events}' if ex.is_stream else "")
                     + (f',"run":"{ex.run_outcome}"' if ex.run_outcome else "")
                     + (f',"probe":"{probe}"' if probe else "") + "}\n")
         else:
             line = (f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {ex.request_id} {method} {route} {status} "
-                    f"{duration * 1000:.1f}ms up={up} bytes={ex.req_bytes}/{ex.resp_bytes} {outcome}\n")
+                    f"{duration * 1000:.1f}ms up={up} bytes={ex.req_bytes}/{ex.resp_bytes} {outcome} ended_by={who or '-'}\n")
         try:
             self.out.write(line)
         except (OSError, ValueError):
@@ -66,16 +69,17 @@ class AccessLog:
 
 
 class Telemetry:
-    """Request metrics and the access log; the outcome vocabulary is decided here once."""
+    """Request metrics and the access log. The outcome (status, label, who ended the exchange)
+    comes from :func:`proxy.outcome.ending`, the one classifier."""
 
-    def __init__(self, next_handler, metrics, access_log: AccessLog | None, loop, exemplars: bool = False,
-                 on_success=None):
+    def __init__(self, next_handler, *, metrics, access_log: AccessLog | None, exemplars: bool = False,
+                 on_success=None, on_probe=None):
         self.next = next_handler
         self.m = metrics
         self.access_log = access_log
-        self.loop = loop
         self.exemplars = exemplars
         self.on_success = on_success  # passive health for probes: route name → last success time
+        self.on_probe = on_probe      # a probe's exchange ended: tell the probe runner how
 
     async def __call__(self, request, ex):
         m = self.m
@@ -95,18 +99,8 @@ class Telemetry:
     def _record(self, ex, route, exc, ttfb_h, overhead_h, req_bytes, resp_bytes) -> None:
         m = self.m
         duration = time.monotonic() - ex.start
-        err = ex.error
-        if exc is not None:
-            if isinstance(exc, (asyncio.CancelledError, E.ClientGone)):
-                outcome = "client_disconnect"
-                status = ex.status if ex.headers_sent else 499
-            else:
-                err = exc
-                status, _ = E.classify(exc)
-                outcome = getattr(exc, "type", "internal_error")
-        else:
-            status = ex.status
-            outcome = "ok" if err is None else err.type
+        status, outcome, who = ending(ex, exc)
+        err = exc if exc is not None and not isinstance(exc, asyncio.CancelledError) else ex.error
         if ex.probe is None:
             m.request_done(route, ex.method, status, duration,
                            {"request_id": ex.request_id} if self.exemplars else None)
@@ -118,23 +112,20 @@ class Telemetry:
                 req_bytes.inc(ex.req_bytes)
             if ex.resp_bytes:
                 resp_bytes.inc(ex.resp_bytes)
-            if self.on_success is not None and exc is None and err is None and status < 500:
+            if self.on_success is not None and who is None and status < 500:
                 self.on_success(route)
-        if err is not None:
-            kind = getattr(err, "kind", None)
-            if isinstance(err, E.UpstreamTimeout):
-                m.timeouts.labels(route, kind).inc()
-            elif kind is not None:
-                m.upstream_errors.labels(route, kind).inc()
+        elif self.on_probe is not None:
+            self.on_probe(ex, status, outcome, who)
+        count_failure(m, route, err)
         if ex.is_stream:
-            if outcome == "client_disconnect":
-                s_out = "client_disconnect"
+            if outcome == "ok":
+                s_out = "completed"
+            elif outcome in ("client_disconnect", "client_slow", "shutdown"):
+                s_out = outcome
             elif isinstance(err, E.UpstreamTimeout):
                 s_out = _STREAM_OUTCOME.get(err.kind, "upstream_error")
-            elif err is not None:
-                s_out = "upstream_error"
             else:
-                s_out = "completed"
+                s_out = "upstream_error" if who == "upstream" else outcome
             m.streams.labels(route, s_out).inc()
             m.stream_duration_seconds.labels(route).observe(duration)
             if ex.events:
@@ -144,9 +135,9 @@ class Telemetry:
         if ex.route.run_kind is not None and ex.headers_sent and 200 <= status < 300:
             run = ex.run_outcome
             if run is None:
-                run = "client_disconnect" if outcome == "client_disconnect" else (
-                    "upstream_error" if err is not None else "success")
+                run = "client_disconnect" if who == "client" else (
+                    "upstream_error" if who == "upstream" else "success" if who is None else outcome)
                 ex.run_outcome = run
             m.runs.labels(route, run).inc()
         if self.access_log is not None:
-            self.access_log.write(ex, status, duration, outcome, ex.probe)
+            self.access_log.write(ex, status, duration, outcome, who, ex.probe)

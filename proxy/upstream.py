@@ -15,10 +15,12 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from .errors import UpstreamConnectError, UpstreamProtocolError, UpstreamReset, UpstreamTimeout
+from .errors import PoolExhausted, UpstreamConnectError, UpstreamProtocolError, UpstreamReset, UpstreamTimeout
 
-_HIGH_WATER = 64        # queued body chunks before we stop reading from the upstream socket
-_LOW_WATER = 8
+# Body bytes queued per connection before we stop reading from the upstream socket (a client
+# slower than its upstream): the per-exchange bound is this plus one socket read (<= 256 KiB).
+_HIGH_WATER = 256 * 1024
+_LOW_WATER = 64 * 1024
 _MAX_HEAD_BYTES = 64 * 1024   # response header fields; llhttp itself sets no limit
 
 
@@ -36,7 +38,7 @@ class UpstreamConnection(asyncio.Protocol):
                  "idle_since", "last_rx", "last_event", "received_any", "head_only",
                  "_write_paused", "_drain_waiter", "_timer", "first_byte_at", "total_at",
                  "total_kind", "idle", "event_idle", "upgrade", "eof_body", "in_pool",
-                 "head_only_last", "head_bytes")
+                 "head_only_last", "head_bytes", "queued")
 
     def __init__(self, pool: "UpstreamPool"):
         self.pool = pool
@@ -59,6 +61,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.raw_headers = []
         self.hdr_fut = None
         self.chunks = collections.deque()
+        self.queued = 0
         self.waiter = None
         self.done = False
         self.error = None
@@ -102,9 +105,11 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self.closed = True
         self._cancel_timer()
+        self.pool.busy.discard(self)
         if not self.done:
-            if self.eof_body and self.status:
-                # a body delimited by connection close (no Content-Length, not chunked): EOF ends it
+            if self.eof_body and self.status and exc is None:
+                # a body delimited by connection close (no Content-Length, not chunked): a clean
+                # FIN ends it; a reset (exc set) never does, or a cut body would pass for whole
                 self.keep_alive = False
                 self.on_message_complete()
             else:
@@ -147,17 +152,20 @@ class UpstreamConnection(asyncio.Protocol):
         if self.done:
             return self._surplus()
         p = self.parser
-        self.status = p.get_status_code()
-        if 100 <= self.status < 200 and self.status != 101:
+        status = p.get_status_code()
+        if status == 100 or status == 103:
             # interim response (103 Early Hints, a stray 100): not the answer, keep waiting
             self.raw_headers = []
             self.head_bytes = 0
-            self.status = 0
             return
-        if self.status == 101:
+        if status == 101:
             # the pool never sends an upgrade request (Upgrade is hop-by-hop, WebSockets go
             # through proxy/websocket.py): switching protocols here would pass raw bytes on
             return self._fail(UpstreamProtocolError("upstream switched protocols (101) on a plain request"))
+        if not 200 <= status <= 599:
+            # 000, 099, 102, 6xx...: nothing a client could be handed as an answer
+            return self._fail(UpstreamProtocolError(f"upstream answered with invalid status code {status:03d}"))
+        self.status = status
         self.keep_alive = p.should_keep_alive()
         self.upgrade = p.should_upgrade()
         self.first_byte_at = None
@@ -181,7 +189,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self.done:
             return self._surplus()
         self.chunks.append(body)
-        if len(self.chunks) > _HIGH_WATER and not self.paused:
+        self.queued += len(body)
+        if self.queued > _HIGH_WATER and not self.paused:
             self.paused = True
             self.transport.pause_reading()
         w = self.waiter
@@ -318,11 +327,13 @@ class UpstreamConnection(asyncio.Protocol):
                 await self.waiter
             finally:
                 self.waiter = None
-        if self.paused and len(chunks) <= _LOW_WATER:
+        chunk = chunks.popleft()
+        self.queued -= len(chunk)
+        if self.paused and self.queued <= _LOW_WATER:
             self.paused = False
             self.last_rx = self.loop.time()  # the silence while we did not read was ours
             self.transport.resume_reading()
-        return chunks.popleft()
+        return chunk
 
     def reusable(self) -> bool:
         return self.done and self.error is None and not self.closed and self.keep_alive and not self.upgrade
@@ -340,11 +351,14 @@ class UpstreamPool:
     """A bounded LIFO pool of keep-alive connections to one ``http(s)://host:port``.
 
     ``acquire()`` returns an idle connection that is younger than ``keepalive_timeout`` or opens a
-    new one within ``connect_timeout``; at ``max_connections`` callers wait for a release (bounded
-    by the connect timeout). ``release()`` keeps a connection only if its exchange ended cleanly.
+    new one within ``connect_timeout``; at ``max_connections`` callers wait for a release, at most
+    ``pool_timeout`` in all, then get :class:`~proxy.errors.PoolExhausted` (the proxy's own
+    capacity: a 503 shed, never an upstream failure). ``release()`` keeps a connection only if its
+    exchange ended cleanly. ``busy`` holds the connections lent out now.
     """
 
-    def __init__(self, url: str, *, connect_timeout: float, max_connections: int, keepalive_timeout: float):
+    def __init__(self, url: str, *, connect_timeout: float, max_connections: int, keepalive_timeout: float,
+                 pool_timeout: float = 0.5):
         u = urlsplit(url)
         self.loop = asyncio.get_running_loop()
         self.scheme = u.scheme
@@ -356,7 +370,9 @@ class UpstreamPool:
         self.base_path = u.path.rstrip("/")
         self.ssl = ssl.create_default_context() if u.scheme == "https" else None
         self.connect_timeout = connect_timeout
+        self.pool_timeout = pool_timeout
         self.max_connections = max_connections
+        self.busy: set[UpstreamConnection] = set()
         self.keepalive_timeout = keepalive_timeout
         self.idle: list[UpstreamConnection] = []
         self.open_count = 0
@@ -393,36 +409,55 @@ class UpstreamPool:
                 w.set_result(None)
                 return
 
-    async def acquire(self) -> UpstreamConnection:
+    def _take_idle(self) -> UpstreamConnection | None:
         idle = self.idle
-        if idle:
-            # reuse only connections well inside the keep-alive window
-            limit = self.loop.time() - self.keepalive_timeout
-            while idle:
-                c = idle.pop()
-                if not c.closed and c.idle_since >= limit:
-                    c.reused = True
-                    return c
-                self._discard(c)
-        if self.open_count >= self.max_connections:
-            await self._wait_for_slot()
-            return await self.acquire()
-        return await self.connect()
+        # reuse only connections well inside the keep-alive window
+        limit = self.loop.time() - self.keepalive_timeout
+        while idle:
+            c = idle.pop()
+            if not c.closed and c.idle_since >= limit:
+                c.reused = True
+                self.busy.add(c)
+                return c
+            self._discard(c)
+        return None
 
-    async def _wait_for_slot(self) -> None:
-        w = self.loop.create_future()
-        self._waiters.append(w)
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                await w
-        except TimeoutError:
-            raise UpstreamTimeout("connect", "no upstream connection became free within the connect timeout") from None
-        finally:
-            if not w.done():
-                w.cancel()
+    async def acquire(self) -> UpstreamConnection:
+        c = self._take_idle() if self.idle else None
+        if c is not None:
+            return c
+        if self.open_count < self.max_connections:
+            return await self.connect()
+        # full: wait for a release, within one deadline however often another caller wins the slot
+        deadline = self.loop.time() + self.pool_timeout
+        while True:
+            w = self.loop.create_future()
+            self._waiters.append(w)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await w
+            except TimeoutError:
+                raise PoolExhausted(f"no upstream connection became free within upstream.pool_timeout "
+                                    f"({self.pool_timeout:g}s; {self.max_connections} connections busy)") from None
+            except BaseException:
+                if w.done() and not w.cancelled():
+                    self._wake_one()  # we were handed a slot we no longer take: pass it on
+                raise
+            finally:
+                if not w.done():
+                    w.cancel()
+                    try:
+                        self._waiters.remove(w)  # so ``waiting`` counts only callers still waiting
+                    except ValueError:
+                        pass
+            c = self._take_idle() if self.idle else None
+            if c is not None:
+                return c
+            if self.open_count < self.max_connections:
+                return await self.connect()
 
     async def connect(self) -> UpstreamConnection:
-        """A fresh connection (counted against max_connections)."""
+        """A fresh connection (counted against max_connections), lent out as busy."""
         self.open_count += 1
         try:
             async with asyncio.timeout(self.connect_timeout):
@@ -446,9 +481,11 @@ class UpstreamPool:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
+        self.busy.add(conn)
         return conn
 
     def release(self, c: UpstreamConnection) -> None:
+        self.busy.discard(c)
         if c.reusable() and not self._closed:
             c.in_pool = True
             c.idle_since = self.loop.time()
@@ -458,7 +495,17 @@ class UpstreamPool:
             self._discard(c)
 
     def stats(self) -> dict:
-        return {"open": self.open_count, "idle": len(self.idle), "waiting": len(self._waiters)}
+        """True now: connections open (busy + idle + connecting), idle, callers waiting for one."""
+        return {"open": self.open_count, "busy": len(self.busy), "idle": len(self.idle),
+                "waiting": len(self._waiters), "max": self.max_connections}
+
+    def fail_busy(self, exc: Exception) -> int:
+        """End every exchange in flight with ``exc`` (the shutdown grace ran out): each
+        forwarder wakes and ends its answer as cut. Returns how many there were."""
+        busy = list(self.busy)
+        for c in busy:
+            c._fail(exc)
+        return len(busy)
 
     async def close(self) -> None:
         self._closed = True

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 import pybreaker
 
 from .. import errors as E
+from ..outcome import upstream_failed
 
 log = logging.getLogger("proxy.breaker")
 STATE_VALUE = {"closed": 0, "half-open": 1, "open": 2}
@@ -37,20 +38,32 @@ class _Listener(pybreaker.CircuitBreakerListener):
 
 
 class Breaker:
-    """One named circuit breaker: pybreaker state machine + half-open trial gate."""
+    """One named circuit breaker: pybreaker state machine + half-open trial gate.
+
+    Lives in the Runtime (per process), so a reload keeps its state; :meth:`update` applies new
+    settings in place (an open breaker stays open until its new reset timeout).
+    """
 
     def __init__(self, name: str, settings, metrics):
         self.name = name
-        self.settings = settings
         self.cb = pybreaker.CircuitBreaker(
             fail_max=settings.fail_max, reset_timeout=settings.reset_timeout,
             success_threshold=settings.success_threshold, name=name,
             exclude=[asyncio.CancelledError, E.ClientFault], listeners=[_Listener(metrics)],
             throw_new_error_on_trip=False)
+        self.update(settings)
+        self.trial_in_flight = False
+        self.on_stream = self.stream_started  # bound once: set on every exchange it guards
+        metrics.circuit_state.labels(name).set(0)
+
+    def update(self, settings) -> None:
+        self.settings = settings
+        cb = self.cb
+        cb.fail_max = settings.fail_max
+        cb.reset_timeout = settings.reset_timeout
+        cb.success_threshold = settings.success_threshold
         self.failure_statuses = frozenset(settings.failure_statuses)
         self.count_run_errors = settings.count_run_errors
-        self.trial_in_flight = False
-        metrics.circuit_state.labels(name).set(0)
 
     @property
     def state(self) -> str:
@@ -76,6 +89,19 @@ class Breaker:
         self.trial_in_flight = True
         return True
 
+    def record(self, failed: bool) -> None:
+        """Let pybreaker count one verdict on the upstream."""
+        _record(self.cb, _CountedFailure() if failed else None)
+
+    def stream_started(self, ex) -> None:
+        """A stream's first event: the upstream is answering, a success now (a long stream
+        would otherwise say so only when it ends, minutes later)."""
+        ex.on_stream_start = None
+        self.record(False)
+
+    def failed(self, ex, exc: BaseException | None) -> bool:
+        return upstream_failed(ex, exc, self.failure_statuses, self.count_run_errors)
+
     def snapshot(self) -> dict:
         return {"state": self.state, "fail_counter": self.cb.fail_counter,
                 "retry_after_seconds": round(self.retry_after(), 3) if self.state == "open" else 0,
@@ -84,9 +110,10 @@ class Breaker:
 
 
 class BreakerPolicy:
-    """Guards the upstream call with the route's breaker. Failures: connect errors, timeouts,
-    upstream resets, statuses in ``failure_statuses``, streams the upstream broke, and (when
-    configured) LangGraph run errors. A client that goes away is not a failure."""
+    """Guards the upstream call with the route's breaker; :func:`proxy.outcome.upstream_failed`
+    decides what counts as a failure (only what the upstream did: never a shed, an exhausted
+    pool, a client that left or read too slowly). Streams count as a success at their first
+    event, and again as a failure if the upstream breaks them later."""
 
     def __init__(self, next_handler, breakers: dict[str, Breaker], *, metrics, probe_may_trial: bool):
         self.next = next_handler
@@ -99,46 +126,39 @@ class BreakerPolicy:
         if br is None:
             return await self.next(request, ex)
         cb = br.cb
-        ex.breaker = br.name
-        if cb.current_state == "closed" and cb.fail_counter == 0:
-            # Fast path (most requests): a closed breaker with no failures has nothing to update
-            # on a success, so pybreaker is consulted only when there is a failure to record.
-            # Same state machine, same counts; ~5 µs less per request.
-            try:
-                resp = await self.next(request, ex)
-            except (asyncio.CancelledError, E.ClientFault):
-                raise
-            except Exception as e:
-                _record(cb, e)
-                raise
-            if self._failed(br, ex):
-                _record(cb, _CountedFailure())
-            elif cb.fail_counter:
-                _record(cb, None)  # another request failed meanwhile: a success resets the count
-            return resp
+        trial = False
         if cb.current_state != "closed":
             if not br.admit(ex.probe is not None, self.probe_may_trial):
                 self.shed.labels("breaker_open").inc()
                 raise E.BreakerOpen(br.name, br.retry_after())
             trial = True
-        else:
-            trial = False
+        ex.on_stream_start = br.on_stream
         try:
-            with cb.calling():
-                resp = await self.next(request, ex)
-                if self._failed(br, ex):
-                    raise _CountedFailure()
-            return resp
-        except _CountedFailure:
-            return resp
+            resp = await self.next(request, ex)
+        except BaseException as e:
+            self._judge(br, ex, e)
+            raise
         finally:
             if trial:
                 br.trial_in_flight = False
+        self._judge(br, ex, None)
+        return resp
 
     @staticmethod
-    def _failed(br: Breaker, ex) -> bool:
-        return (ex.upstream_failure or ex.status in br.failure_statuses
-                or (br.count_run_errors and ex.run_outcome == "run_error"))
+    def _judge(br: Breaker, ex, exc) -> None:
+        started = ex.on_stream_start is None  # the stream's success was already recorded
+        ex.on_stream_start = None
+        if br.failed(ex, exc):
+            br.record(True)
+        elif not started and exc is None and ex.error is None and cb_needs_success(br.cb):
+            # a clean answer; an exchange the client or the proxy ended says nothing of the upstream
+            br.record(False)
+
+
+def cb_needs_success(cb: pybreaker.CircuitBreaker) -> bool:
+    """A closed breaker with no failures counted has nothing to update on a success: skip
+    pybreaker (most requests; same state machine, ~5 µs less each)."""
+    return cb.fail_counter != 0 or cb.current_state != "closed"
 
 
 def _record(cb: pybreaker.CircuitBreaker, exc: BaseException | None) -> None:

@@ -4,24 +4,35 @@ from __future__ import annotations
 from .. import errors as E
 
 
+class Counts:
+    """In-flight requests and streams of the whole process. Lives in the Runtime, so a reload
+    (which builds a new :class:`Limits`) never forgets what is running."""
+
+    __slots__ = ("active", "streams")
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.streams = 0
+
+
 class Limits:
     """Sheds with 503 above ``max_concurrent`` requests (or ``max_streams`` stream requests),
     413 for a declared body above ``max_body``, 431 for request headers above ``max_header``.
     Streamed bodies without a declared length are bounded by the forwarder as they pass."""
 
-    def __init__(self, next_handler, *, max_concurrent: int, max_streams: int | None,
+    def __init__(self, next_handler, *, counts: Counts, max_concurrent: int, max_streams: int | None,
                  max_body: int, max_header: int, metrics):
         self.next = next_handler
+        self.counts = counts
         self.max_concurrent = max_concurrent
         self.max_streams = max_streams
         self.max_body = max_body
         self.max_header = max_header
         self.shed = metrics.shed
-        self.active = 0
-        self.streams = 0
 
     async def __call__(self, request, ex):
-        if self.active >= self.max_concurrent:
+        counts = self.counts
+        if counts.active >= self.max_concurrent:
             self.shed.labels("concurrency").inc()
             raise E.Shed("concurrency", f"more than limits.max_concurrent_requests ({self.max_concurrent}) "
                                         "requests in flight; retry shortly")
@@ -37,17 +48,17 @@ class Limits:
             raise E.HeadersTooLarge(f"request headers of {size} bytes exceed limits.max_header_bytes ({self.max_header})")
         stream = self.max_streams is not None and _wants_stream(request, ex)
         if stream:
-            if self.streams >= self.max_streams:
+            if counts.streams >= self.max_streams:
                 self.shed.labels("streams").inc()
                 raise E.Shed("streams", f"more than limits.max_concurrent_streams ({self.max_streams}) streams open")
-            self.streams += 1
-        self.active += 1
+            counts.streams += 1
+        counts.active += 1
         try:
             return await self.next(request, ex)
         finally:
-            self.active -= 1
+            counts.active -= 1
             if stream:
-                self.streams -= 1
+                counts.streams -= 1
 
 
 def _wants_stream(request, ex) -> bool:

@@ -6,9 +6,7 @@ import random
 import time
 from collections import deque
 
-from .. import errors as E
-
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+from ..outcome import count_failure, retryable
 
 
 class RetryBudget:
@@ -46,30 +44,33 @@ class RetryBudget:
 
 
 class Retry:
-    """Repeats an attempt after a failure before any response reached the client, when safe:
-    a connect failure (no byte reached the upstream) for any method; a reset or protocol error
-    only for idempotent methods. POSTs that may have started a LangGraph run are never repeated.
-    Attempts back off with jitter, stay inside the request deadline and the retry budget."""
+    """Repeats an attempt after an upstream failure before any response reached the client, when
+    :func:`proxy.outcome.retryable` says it is safe. ``route.attempts`` bounds how often the
+    upstream may see the request in all (the forwarder's transparent retry on a stale pooled
+    connection included: it advances ``ex.attempts`` too). Every failed attempt that is retried is
+    counted by kind here; the last one is counted by telemetry. Attempts back off with jitter,
+    stay inside the request deadline and the retry budget."""
 
     def __init__(self, next_handler, *, backoff: float, max_backoff: float, budget: RetryBudget, metrics):
         self.next = next_handler
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.budget = budget
+        self.metrics = metrics
         self.retries = metrics.retries
 
     async def __call__(self, request, ex):
         attempts = ex.route.attempts
         self.budget.request()
+        ex.attempts = 1
         if attempts <= 1:
             return await self.next(request, ex)
-        n = 1
         while True:
-            ex.attempts = n
             try:
                 return await self.next(request, ex)
-            except (E.UpstreamConnectError, E.UpstreamTimeout, E.UpstreamReset, E.UpstreamProtocolError) as e:
-                if n >= attempts or ex.headers_sent or not self._safe(request, ex, e):
+            except Exception as e:
+                n = ex.attempts
+                if n >= attempts or ex.headers_sent or not retryable(ex, e, ex.body is not None or not request.body_exists):
                     raise
                 delay = min(self.max_backoff, self.backoff * (2 ** (n - 1))) * random.uniform(0.5, 1.5)
                 loop = asyncio.get_running_loop()
@@ -77,17 +78,7 @@ class Retry:
                     raise
                 if not self.budget.try_spend():
                     raise
+                count_failure(self.metrics, ex.route.name, e)
                 self.retries.labels(ex.route.name).inc()
                 await asyncio.sleep(delay)
-                n += 1
-
-    @staticmethod
-    def _safe(request, ex, e) -> bool:
-        body_resendable = ex.body is not None or not request.body_exists
-        connect = isinstance(e, E.UpstreamConnectError) or (isinstance(e, E.UpstreamTimeout) and e.kind == "connect")
-        if connect:
-            # nothing reached the upstream; a streamed body was not read yet either
-            return body_resendable or not ex.sent_any
-        if isinstance(e, E.UpstreamTimeout):
-            return False  # an LLM that is slow now will be slow again; don't double the cost
-        return ex.method in IDEMPOTENT and body_resendable
+                ex.attempts = n + 1

@@ -202,7 +202,7 @@ class FaultUpstream:
         app.router.add_route("*", "/{tail:.*}", self.dispatch)
         self.runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", port)
+        site = web.TCPSite(self.runner, "127.0.0.1", port, backlog=4096)  # bursts of 1000 connects
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]
         return self

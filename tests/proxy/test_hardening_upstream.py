@@ -292,16 +292,23 @@ async def test_broken_answers_before_headers_are_clean_json_errors(raw_upstream,
 
 
 AFTER_HEADERS = ["reset_mid", "cl_long_big", "bad_chunk"]
+# length-delimited answers up to limits.max_buffered_response_bytes are read whole before the client
+# gets anything, so a body broken upstream becomes a clean 502 instead of a cut 200
+BUFFERED = {"reset_mid": "upstream_reset", "cl_long_big": "upstream_reset"}
 
 
 async def test_broken_bodies_after_headers_are_never_passed_off_as_complete(raw_upstream, make_proxy, session):
-    p = make_proxy(raw_upstream.url, OVERRIDES)
-    for path in AFTER_HEADERS:
-        async with session.post(p.url + "/" + path, data=b"q") as r:
-            assert r.status == 200
-            with pytest.raises(aiohttp.ClientPayloadError):
-                await r.read()
-        await assert_serves(session, p)
+    for over in ({}, {"limits": {"max_buffered_response_bytes": 0}}):  # buffered, then streamed
+        p = make_proxy(raw_upstream.url, {**OVERRIDES, **over})
+        for path in AFTER_HEADERS:
+            async with session.post(p.url + "/" + path, data=b"q") as r:
+                if path in BUFFERED and not over:
+                    await expect_json_error(r, 502, BUFFERED[path])
+                    continue
+                assert r.status == 200
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await r.read()
+            await assert_serves(session, p)
     st = await settle(session, p, raw_upstream)
     assert st["waiting"] == 0 and st["open"] == st["idle"] <= 1
     s = await scrape(p.admin)

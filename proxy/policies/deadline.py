@@ -1,13 +1,13 @@
-"""Timeout policy: fixes the request's deadline once, across all attempts.
+"""The deadline policy: fixes the request's total deadline once, across all attempts.
 
 The timeouts themselves fire on the upstream connection (one timer per connection, armed by the
-forwarder from ``ex.route.timeouts``); this layer decides the total deadline that retries and the
-optional deadline header must respect.
+forwarder from ``ex.route.timeouts``); this layer decides the total deadline that retries, the
+optional deadline header and writes to a slow client must respect.
 """
 from __future__ import annotations
 
 
-class Timeouts:
+class Deadline:
     """Sets ``ex.deadline`` (loop time) from the route's ``request`` timeout, once per request."""
 
     def __init__(self, next_handler, loop):

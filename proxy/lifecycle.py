@@ -142,6 +142,9 @@ class Lifecycle:
             stopper.cancel()
         if rt.active:
             log.warning("shutdown grace over: cutting in-flight requests", extra={"fields": {"in_flight": rt.active}})
+            # end them as cut by the proxy (SSE: a last `event: error` of type shutdown), not as
+            # if their clients had left; shutdown() below gives them 0.5 s to write that
+            rt.cut_in_flight()
         await traffic.shutdown(0.5)
         if rt.canceller.tasks:
             await asyncio.wait(list(rt.canceller.tasks), timeout=2)

@@ -5,7 +5,8 @@
 #     via pip into the project venv when missing
 # Then: hadolint Dockerfile; lock files agree with pyproject; generated files are up to date;
 # kustomize render of every overlay + strict schema validation of every rendered built-in object;
-# promtool check rules + test rules. Exits non-zero if any check fails (all checks still run).
+# promtool check rules + promtool test rules on tests generated from real scrapes of the proxy
+# driven through each failure (tests/deploy/test_alert_rules.py). Exits non-zero if any check fails (all checks still run).
 #
 # Environment: PYTHON (default: $VIRTUAL_ENV/bin/python, else <repo>/.venv/bin/python, else python3)
 #              K8S_VERSION (schema version for kubernetes-validate, default 1.37.0)
@@ -91,7 +92,10 @@ check "kustomize render + strict schema (1.28.0): deploy/kubernetes/overlays/exa
 
 # ---- prometheus ----
 check "promtool check rules deploy/prometheus/alerts.yaml" promtool check rules deploy/prometheus/alerts.yaml
-check "promtool test rules deploy/prometheus/alerts_test.yaml" promtool test rules deploy/prometheus/alerts_test.yaml
+# the rule tests have no hand-written input: each is generated from real scrapes of the proxy
+# driven through one failure (and a healthy run), then run by promtool test rules
+check "promtool test rules on series scraped from the real proxy (tests/deploy/test_alert_rules.py)" \
+  "$PYTHON" -m pytest tests/deploy/test_alert_rules.py tests/deploy/test_runbooks.py -q -m "not slow" -p no:cacheprovider
 
 echo
 if ((${#FAILED[@]})); then

@@ -46,3 +46,21 @@ async def test_alert_fires_on_the_first_occurrence(sc, promtool, tmp_path):
 async def test_healthy_run_raises_no_alert(promtool, tmp_path):
     rec = await record(HEALTHY, tmp_path, healthy_only=True)
     run_promtool(promtool, healthy_tests(rec), tmp_path / "healthy_test.yaml")
+
+
+async def test_without_the_pre_created_zero_the_first_failure_would_go_unseen(promtool, tmp_path):
+    """The control for the pre-created series: the same real recording of a bad reload, with the
+    failure counter's zero samples removed (as the proxy exported it before: no series until the
+    first failure), does not fire. So the firing test above proves the zero is what makes it work."""
+    sc = next(s for s in SCENARIOS if s.name == "bad_reload")
+    rec = await record(sc, tmp_path)
+    key = next(k for s in rec.scrapes for k in s if k[0] == "sidecar_config_reloads_total" and ("result", "failure") in k[1])
+    for s in rec.scrapes:
+        if s.get(key) == 0:
+            del s[key]
+    tests = promtool_tests(sc, rec)
+    path = tmp_path / "control_test.yaml"
+    path.write_text(yaml.safe_dump(tests, sort_keys=False, width=10_000))
+    res = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=120)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and 'alertname="SidecarConfigReloadFailed"' in out and "got: nil" in out, out[-3000:]

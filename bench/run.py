@@ -18,6 +18,9 @@ Scenarios, every repetition interleaved over the columns (A B C D E, rotated eac
   sse1k    1,000 concurrent SSE streams x 10 events/s: per-event forwarding delay (upstream send
            -> client receive, same CLOCK_MONOTONIC), time to first event, proxy peak RSS
   sse10k   ~10,000 concurrent SSE streams x 1 event/s: every event counted, proxy peak RSS
+  burst    1,000 SSE streams (4 events, 500 ms apart) opened at once into the SHIPPED DEFAULTS
+           (column proxy-defaults: only listen addresses and the upstream URL set): every stream
+           must complete, no 5xx (the capacity model: admission at limits, a pool that follows it)
   static   GET /small with a static nginx upstream on CPU1, so the proxy saturates CPU0: capacity
   soak     1,000,000 requests through the proxy (static upstream): RSS before/after
 Idle RSS of every column is read right after start.
@@ -52,8 +55,8 @@ STARTED: list[subprocess.Popen] = []
 ALL_COLUMNS = ("direct", "nginx", "proxy", "proxy-min", "naive")
 # optional (ablation) columns, only with --only: the full proxy with a block-buffered stdout
 # (PYTHONUNBUFFERED unset; the image sets it to 1), and with the access log to /dev/null
-EXTRA_COLUMNS = ("proxy-buf", "proxy-null")
-ALL_SCENARIOS = ("get", "post", "lat", "sse1k", "sse10k", "static", "soak")
+EXTRA_COLUMNS = ("proxy-buf", "proxy-null", "proxy-defaults")
+ALL_SCENARIOS = ("get", "post", "lat", "sse1k", "sse10k", "burst", "static", "soak")
 
 
 # ----------------------------------------------------------------------------- processes
@@ -261,13 +264,16 @@ http {{
 """.format(rd=rd, port=port, body=body)
 
 
-def proxy_yaml(port, admin, up_port, minimal):
-    """The production feature set (defaults), with the capacity knobs a 10k-stream pod needs:
-    upstream.max_connections (default 100 would queue stream 101+ and fail it after connect_timeout)
-    and limits.max_concurrent_requests (default 1000 would shed stream 1001+)."""
+def proxy_yaml(port, admin, up_port, minimal, defaults=False):
+    """The production feature set (defaults), with the capacity knob a 10k-stream pod needs:
+    limits.max_concurrent_requests (default 1000 would shed stream 1001+; the upstream pool follows
+    it). ``defaults``: nothing but the addresses, as a new user ships it."""
+    if defaults:
+        return ("server: {listen: 127.0.0.1:%d, admin_listen: 127.0.0.1:%d, drain_delay: 0s, shutdown_grace: 2s}\n"
+                "upstream: {url: http://127.0.0.1:%d}\n" % (port, admin, up_port))
     y = ("server: {listen: 127.0.0.1:%d, admin_listen: 127.0.0.1:%d, drain_delay: 0s, shutdown_grace: 2s,\n"
          "         max_connections: 20000}\n"
-         "upstream: {url: http://127.0.0.1:%d, max_connections: 20000}\n"
+         "upstream: {url: http://127.0.0.1:%d}\n"
          "limits: {max_concurrent_requests: 20000}\n" % (port, admin, up_port))
     if minimal:
         y += "logging: {access_log: false}\ncircuit_breaker: {enabled: false}\n"
@@ -472,8 +478,9 @@ def main():
         ap.error("unknown: %s" % ", ".join(bad))
     bp = a.base_port
     PORTS = {"direct": bp, "nginx": bp + 1, "naive": bp + 3, "proxy": bp + 4, "proxy-min": bp + 5,
-             "proxy-buf": bp + 7, "proxy-null": bp + 8}
-    ADMIN = {"proxy": bp + 14, "proxy-min": bp + 15, "proxy-buf": bp + 17, "proxy-null": bp + 18}
+             "proxy-buf": bp + 7, "proxy-null": bp + 8, "proxy-defaults": bp + 10}
+    ADMIN = {"proxy": bp + 14, "proxy-min": bp + 15, "proxy-buf": bp + 17, "proxy-null": bp + 18,
+             "proxy-defaults": bp + 20}
     static_port, soak_port, soak_admin = bp + 9, bp + 6, bp + 16
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -486,7 +493,7 @@ def main():
     def start_proxy(name, port, admin, up_port, minimal, tag):
         cfgp = os.path.join(rd, "%s-%s.yaml" % (name, tag))
         with open(cfgp, "w") as f:
-            f.write(proxy_yaml(port, admin, up_port, minimal))
+            f.write(proxy_yaml(port, admin, up_port, minimal, defaults=name == "proxy-defaults"))
         ready = os.path.join(rd, "%s-%s.ready" % (name, tag))
         # PYTHONUNBUFFERED=1 as in the production image (Dockerfile); import list to stderr at start-up
         env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1", PYTHONUNBUFFERED="1")
@@ -576,7 +583,7 @@ def main():
 
     try:
         # ------------------------------------------------ phase 1: aiohttp upstream
-        if set(scen) & {"get", "post", "lat", "sse1k", "sse10k"}:
+        if set(scen) & {"get", "post", "lat", "sse1k", "sse10k", "burst"}:
             up = start([py, os.path.join(HERE, "upstream.py"), "--port", str(PORTS["direct"])],
                        os.path.join(rd, "upstream.log"), a.upstream_cpus)
             wait_port(PORTS["direct"], proc=up)
@@ -612,6 +619,17 @@ def main():
                     r = run_sse(t, a, big_k, a.sse_big_events, 1000, 60 + a.sse_big_events, getattr(a, "sse_big_stagger_ms", None))
                     record("sse10k", t, r, 0)
                     print("  [sse10k] %-9s %s steal=%.0f%%" % (t.name, show_sse(r), r.get("steal", 0)), flush=True)
+            if "burst" in scen:
+                print("== burst: 1,000 SSE streams at once into the shipped defaults", flush=True)
+                bt = [t for t in targets if t.name in ("direct", "nginx")]
+                bt += start_targets(PORTS["direct"], "burst", ["proxy-defaults"])
+                for rep in range(a.reps):
+                    for t in bt:
+                        time.sleep(0.5)
+                        r = run_sse(t, a, 1000, 4, 500, 60, stagger_ms=0)
+                        record("burst", t, r, rep)
+                        print("  [burst] %-14s ok=%s failed=%s %s" % (t.name, r.get("ok"), r.get("failed"), show_sse(r)), flush=True)
+                stop(bt[-1].proc)
             raw["access_log"] = access_log_report(rd, "proxy-app")
             for t in targets:
                 if t.proc:
@@ -883,6 +901,16 @@ def build_report(raw, a):
         row("proxy peak RSS MiB", [fmt(B[c]["peak"], 1) if c in B else "-" for c in cols])
         row("p99 delay ms / TTFE p99 ms", ["%s / %s" % (fmt(B[c]["p99"], 1), fmt(B[c]["ttfb99"], 0)) if c in B else "-" for c in cols])
         row("proxy CPU %", [fmt(B[c]["cpu_pct"]) if c in B else "-" for c in cols])
+    if R.get("burst"):
+        rs = R["burst"]
+        section("burst: 1,000 SSE streams opened at once (4 events @500 ms), proxy with shipped defaults")
+        row("streams ok / failed (all reps)", ["%d/%d" % (sum(r.get("ok") or 0 for r in rs[c]), sum(r.get("failed") or 0 for r in rs[c]))
+                                              if c in rs else "-" for c in cols])
+        row("events received / expected", ["%d/%d" % (sum(r.get("events") or 0 for r in rs[c]), sum(r.get("expected") or 0 for r in rs[c]))
+                                          if c in rs else "-" for c in cols])
+        row("time to first event p99 ms", [mm(rs.get(c, []), "ttfb_p99_ms", 1) for c in cols])
+        row("first errors", [",".join(sorted({e for r in rs[c] for e in (r.get("errors") or [])}))[:20] or "none"
+                             if c in rs else "-" for c in cols])
     wrk_rows("static", "capacity: GET /small, static nginx upstream on CPU1, wrk -c%d %ds" % (a.conns, a.duration))
     if R.get("static"):
         row("capacity req/s per core (CPU0>=85%)", [fmt(S["cap"].get(c)) for c in cols])

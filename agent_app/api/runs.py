@@ -232,12 +232,21 @@ def _int_query(request: web.Request, name: str, default: int) -> int:
 
 
 async def _run_record(request: web.Request, not_found: str = "Not Found") -> dict[str, Any]:
+    record = await _find_run(request)
+    if record is None:
+        raise ApiError(404, not_found)
+    return record
+
+
+async def _find_run(request: web.Request) -> dict[str, Any] | None:
     thread_id = uuid_str(request.match_info["thread_id"], "thread")
     run_id = uuid_str(request.match_info["run_id"], "run")
     record = await request.app[RECORDS].get_run(run_id)
-    if record is None or record["thread_id"] != thread_id:
-        raise ApiError(404, not_found)
-    return record
+    return record if record is not None and record["thread_id"] == thread_id else None
+
+
+# Joining an unknown run is a 200 carrying the error, as on the server (the SDK sees it in the body).
+_RUN_NOT_FOUND = {"error": "HTTPException", "message": "404: Run not found"}
 
 
 async def get_run(request: web.Request) -> web.Response:
@@ -246,7 +255,9 @@ async def get_run(request: web.Request) -> web.Response:
 
 async def join_run(request: web.Request) -> web.StreamResponse:
     """The run's result once it is done; for a run no longer (or never) here, the thread's state."""
-    record = await _run_record(request)
+    record = await _find_run(request)
+    if record is None:
+        return json_response({"__error__": _RUN_NOT_FOUND})
     run = request.app[RUNS].get_local(record["run_id"])
     cancel = request.query.get("cancel_on_disconnect", "").lower() in _TRUE
 
@@ -266,7 +277,13 @@ async def join_run(request: web.Request) -> web.StreamResponse:
 
 async def join_run_stream(request: web.Request) -> web.StreamResponse:
     """Watch a run's events from now on; ``Last-Event-ID`` replays a resumable run's earlier ones."""
-    record = await _run_record(request)
+    record = await _find_run(request)
+    if record is None:
+        response = web.StreamResponse(headers=sse.HEADERS)
+        await response.prepare(request)
+        await response.write(sse.frame("error", _RUN_NOT_FOUND))
+        await response.write_eof()
+        return response
     run = request.app[RUNS].get_local(record["run_id"])
     cancel = request.query.get("cancel_on_disconnect", "").lower() in _TRUE
     modes = _stream_mode_query(request.query.get("stream_mode"))

@@ -439,14 +439,29 @@ async def test_store_items_match(servers: dict[str, Proc]) -> None:
         got = await client.store.get_item(["users", user], "prefs")
         found = await client.store.search_items(["users", user], filter={"tier": "pro"}, limit=10)
         namespaces = await client.store.list_namespaces(prefix=["users", user])
+        queried = await client.store.search_items(["users", user], query="tea")  # no vector index: ignored
         await client.store.delete_item(["users", user], "prefs")
         return {
             "got": item(got),
             "found": sorted((item(i) for i in found["items"]), key=lambda i: i["key"]),
             "namespaces": scrub(namespaces),
+            "queried": sorted(i["key"] for i in queried["items"]),
             "deleted": await client.store.get_item(["users", user], "prefs"),
             "missing": await client.store.get_item(["users", user], "nope"),
         }
 
     result = same(await on_both(servers, scenario))
     assert result["got"]["value"] == {"lang": "de", "tier": "pro"} and result["deleted"] is None
+
+
+async def test_joining_an_unknown_run_matches(servers: dict[str, Proc]) -> None:
+    async def scenario(client):
+        tid = (await client.threads.create())["thread_id"]
+        missing = str(uuid.uuid4())
+        return {
+            "join": await client.runs.join(tid, missing),
+            "join_stream": [(p.event, p.data) async for p in client.runs.join_stream(tid, missing)],
+        }
+
+    result = same(await on_both(servers, scenario))
+    assert result["join"]["__error__"]["message"] == "404: Run not found"

@@ -84,3 +84,51 @@ async def test_graph_tool_loop_and_recursion_limit() -> None:
 async def test_failing_graph_raises() -> None:
     with pytest.raises(FailingNodeError):
         await build_failing_graph().ainvoke({"messages": [HumanMessage("hi")]})
+
+
+def test_usage_is_reported_on_the_last_chunk_only() -> None:
+    model = OfflineChatModel(token_delay=0)
+    chunks = list(model.stream([HumanMessage("SLOW 3")]))
+    assert [c.usage_metadata for c in chunks[:-1]] == [None, None]
+    assert chunks[-1].usage_metadata == {"input_tokens": 2, "output_tokens": 3, "total_tokens": 5}
+    assert chunks[-1].response_metadata == {"model_name": "offline-deterministic", "finish_reason": "stop"}
+    whole = model.invoke([HumanMessage("SLOW 3")])
+    assert whole.usage_metadata == chunks[-1].usage_metadata, "the same count whichever way it is called"
+    assert whole.response_metadata["model_name"] == "offline-deterministic"
+
+
+def test_a_tool_call_reports_its_arguments_as_output_tokens() -> None:
+    message = reply("What is 6 * 7?")
+    # '{"expression": "6 * 7"}' is four words; the prompt "What is 6 * 7?" five.
+    assert message.usage_metadata == {"input_tokens": 5, "output_tokens": 4, "total_tokens": 9}
+    assert message.response_metadata["finish_reason"] == "tool_calls"
+
+
+def test_buy_calls_the_purchase_tool_only_when_bound() -> None:
+    message = reply("BUY a red bike")
+    assert [(c["name"], c["args"]) for c in message.tool_calls] == [("purchase", {"item": "a red bike"})]
+    assert reply("BUY a red bike", tools=False).content == "You said: BUY a red bike"
+    # The probe and the other rules never reach the tool that costs money.
+    assert not reply("Reply with the single word PONG.").tool_calls
+    assert not reply("please buy me a bike").tool_calls
+
+
+async def test_the_graph_asks_before_buying_and_obeys_the_answer() -> None:
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.types import Command
+
+    graph = build_graph(OfflineChatModel(token_delay=0), InMemorySaver())
+    config = {"configurable": {"thread_id": "t"}}
+    paused = await graph.ainvoke({"messages": [HumanMessage("BUY a pizza")]}, config)
+    (question,) = paused["__interrupt__"]
+    assert question.value["tool_calls"][0]["args"] == {"item": "a pizza"}
+    assert (await graph.aget_state(config)).next == ("approve",)
+    done = await graph.ainvoke(Command(resume="yes"), config)
+    assert [m.type for m in done["messages"]] == ["human", "ai", "tool", "ai"]
+    assert done["messages"][-1].content == "Purchase: bought a pizza."
+    await graph.ainvoke({"messages": [HumanMessage("BUY a car")]}, config)
+    declined = await graph.ainvoke(Command(resume=False), config)
+    assert declined["messages"][-2].content == "not bought: the user declined (False)"
+    # Other tools need no approval.
+    answered = await graph.ainvoke({"messages": [HumanMessage("What is 2 + 2?")]}, {"configurable": {"thread_id": "u"}})
+    assert answered["messages"][-1].content == "The answer is 4." and "__interrupt__" not in answered

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,8 @@ async def test_two_replicas_share_a_thread(tmp_path: Path, database_uri: str) ->
     a = get_client(url=one.url, api_key=None)
     b = get_client(url=two.url, api_key=None)
     try:
-        thread = await a.threads.create(metadata={"replica": "one"})
+        case = str(uuid.uuid4())  # the database outlives this test: find only this test's threads
+        thread = await a.threads.create(metadata={"replica": "one", "case": case})
         first = await a.runs.wait(thread["thread_id"], "agent", input=human("What is 7 * 8?"))
         assert last_text(first) == "The answer is 56."
 
@@ -51,6 +53,22 @@ async def test_two_replicas_share_a_thread(tmp_path: Path, database_uri: str) ->
         assert (await a.runs.get(thread["thread_id"], run_id))["status"] == "success"
         back = await a.threads.get_state(thread["thread_id"])
         assert [m["content"] for m in back["values"]["messages"]][-2:] == ["Reply with the single word PONG.", "PONG"]
+
+        # A purchase paused on one replica is found, and approved, on the other.
+        await a.runs.wait(thread["thread_id"], "agent", input=human("BUY a kite"))
+        paused = await b.threads.search(metadata={"case": case}, status="interrupted")
+        assert [t["thread_id"] for t in paused] == [thread["thread_id"]]
+        assert last_text(await b.runs.wait(thread["thread_id"], "agent", command={"resume": "yes"})) == "Purchase: bought a kite."
+        assert len(await a.runs.list(thread["thread_id"])) == 4
+        assert len(await a.threads.get_history(thread["thread_id"], limit=100)) == len(await b.threads.get_history(thread["thread_id"], limit=100))
+        # A finished run joined from the replica that did not run it: the thread's values.
+        run = await a.runs.create(thread["thread_id"], "agent", input=human("hi"))
+        await a.runs.join(thread["thread_id"], run["run_id"])
+        assert last_text(await b.runs.join(thread["thread_id"], run["run_id"])) == "You said: hi"
+
+        # One store for both.
+        await a.store.put_item(["replicas"], "k", {"from": "one"})
+        assert (await b.store.get_item(["replicas"], "k"))["value"] == {"from": "one"}
     finally:
         await a.aclose()
         await b.aclose()

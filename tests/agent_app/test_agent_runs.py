@@ -58,3 +58,46 @@ async def test_runs_on_one_thread_queue_and_reject_when_asked(manager) -> None:
     assert (await store.get_run(first.run_id))["status"] == "success"
     assert (await store.get_run(second.run_id))["status"] == "success"
     assert first.result["messages"][-1].content.endswith("20")
+
+
+async def test_a_resumable_run_replays_after_an_event_id_and_a_plain_one_does_not(manager) -> None:
+    runs, _ = manager
+    run, _ = await runs.start(spec("SLOW 5", stream_modes=["messages-tuple"], resumable=True))
+    live = run.subscribe()
+    seen = []
+    while (item := await live.next_event(5)) is not None:
+        seen.append(item)
+        if len(seen) == 3:
+            break
+    assert all(event_id for _, _, event_id in seen)
+    # Joined after the third event: the rest once, even after the run has ended.
+    await run.task
+    rest = [item async for item in _drain(run.subscribe(last_event_id=seen[2][2]))]
+    everything = [item async for item in _drain(run.subscribe(last_event_id="0"))]
+    assert everything[:3] == seen and everything[3:] == rest and rest
+    assert [e for e, _, _ in everything][0] == "metadata"
+    filtered = [item async for item in _drain(run.subscribe(last_event_id="0", modes=["values"]))]
+    assert filtered == [], "the join filter drops modes the joiner did not ask for"
+
+    plain, _ = await runs.start(spec("SLOW 2"))
+    sub = plain.subscribe()
+    await plain.task
+    assert all(event_id is None for _, _, event_id in [i async for i in _drain(sub)])
+    assert [i async for i in _drain(plain.subscribe(last_event_id="0"))] == [], "nothing kept to replay"
+
+
+async def _drain(sub):
+    while True:
+        try:
+            item = await sub.next_event(5)
+        except StopAsyncIteration:
+            return
+        assert item is not None
+        yield item
+
+
+def test_event_ids_sort_like_the_server_and_tolerate_garbage() -> None:
+    from agent_app.runs import parse_event_id
+
+    assert parse_event_id("1795737801891-2") > parse_event_id("1795737801891-1") > parse_event_id("0")
+    assert parse_event_id("junk") < parse_event_id("0")

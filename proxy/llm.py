@@ -37,13 +37,17 @@ Metrics are incremented as usage appears (deltas per message id), through a proc
 counted ids (``SEEN_IDS``), so a second exchange that sees the same call (a thread stream joined
 beside the run's own stream, a replay after ``Last-Event-ID``) adds nothing.
 
-Cost per event: events not wanted cost one ``wants`` call; a wanted event is copied (bounded) and
-scanned for the ``"usage_metadata": {`` marker before any JSON is parsed. ``messages`` events are
-parsed only until the first token is seen, then only when they carry the marker.
+Cost per event (bench/llm_micro.py): an event whose name is not inspected costs one
+``str.startswith`` in the scanner. An inspected event is kept by reference (no copy) and searched
+for the ``"usage_metadata":{`` marker before any JSON is parsed: ``messages`` events are parsed
+only until the first token is timed, then only the one per call that carries usage; ``updates``
+only when they carry usage; ``values`` events are found redundant once ``updates`` or ``messages``
+events were seen (they add nothing those did not say) and are then not inspected at all; in a
+values-only stream a snapshot is searched from its end for the last usage marker and parsed only
+when that marker moved (a new AI message with usage is appended after all earlier ones).
 """
 from __future__ import annotations
 
-import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -53,6 +57,7 @@ from prometheus_client import Counter, Histogram
 
 from . import config  # noqa: F401 - config.Size in the annotations below, resolved at load (no import cycle)
 from .metrics import LATENCY_BUCKETS
+from .sse import event_data, find_in, rfind_in
 
 try:  # faster when present (it comes with langgraph); the stdlib parser otherwise
     from orjson import loads as _loads
@@ -143,7 +148,11 @@ MAX_MODEL_LEN = 64
 MAX_LABEL_CACHE = 4096  # raw model names remembered with their label
 _RESERVED = frozenset({"other", "unknown"})
 _AI = frozenset({"ai", "AIMessageChunk"})
-_USAGE = re.compile(rb'"usage_metadata"\s*:\s*\{')
+# usage present, in compact JSON (orjson, as langgraph-api writes) or with json.dumps' default spacing
+_MARK = b'"usage_metadata":{'
+_MARK_SPACED = b'"usage_metadata": {'
+_NAMES = {"messages": 1, "values": 2, "updates": 3, "messages/partial": 4, "messages/complete": 4,
+          "messages/metadata": 5}
 _ROLE = {"user": "human", "human": "human", "assistant": "ai", "ai": "ai", "system": "system",
          "developer": "system", "tool": "tool", "function": "function"}
 _ZERO = (0, 0, 0, 0)
@@ -306,8 +315,11 @@ class LLMUsage:
     anchors wait answers, see the module docstring.
     """
 
+    prefixes = ("messages", "values", "updates")  # the scanner offers only these names to wants()
+
     __slots__ = ("tel", "route", "start", "clock", "exemplar", "max", "_request", "_anchor", "_calls",
                  "_values_seen", "_baseline", "_reserved", "_body", "_body_len", "ttft", "_unparsed",
+                 "_redundant", "_last_mark", "_mark",
                  "_models", "_providers", "_cost", "_finished", "_unattributed", "_hints")
 
     def __init__(self, telemetry: LLMTelemetry | None = None, route: str = "other", start: float | None = None,
@@ -335,46 +347,60 @@ class LLMUsage:
         self._finished = False
         self._unattributed = False
         self._hints: dict = {}        # message id → model name from messages/metadata
+        self._redundant = False       # updates or messages events seen: later values add nothing
+        self._last_mark = -1          # offset of the last usage marker in the last values snapshot
+        self._mark = None             # the usage marker in this server's JSON spacing, once known
 
     # ---------------------------------------------------------------- SSE sink
     def wants(self, name: str) -> int:
         """Bytes of this event's data to copy (0: not wanted). Called by the scanner per event."""
-        base = name.partition("|")[0]  # "values|subgraph:id" is a subgraph's values event
-        if base not in ("messages", "values", "updates") and not base.startswith("messages/"):
-            return 0
-        if self._finished:
-            return 0
-        if self.tel is not None:
-            if not self.tel.reserve(self.max):
-                self._lost(base)
+        kind = _NAMES.get(name)
+        if kind is None:
+            kind = _NAMES.get(name.partition("|")[0])  # "values|subgraph:id" is a subgraph's values event
+            if kind is None:
                 return 0
+        if self._finished or (kind == 2 and self._redundant and self._values_seen):
+            return 0
+        tel = self.tel
+        if tel is not None:  # tel.reserve(), inlined: this runs once per inspected event
+            if tel._budget_used + self.max > tel.cfg.max_buffered_bytes:
+                self._lost("values" if kind == 2 else name)
+                return 0
+            tel._budget_used += self.max
             self._reserved += self.max
         return self.max
 
-    def feed_event(self, name: str, data: bytes | None) -> None:
-        """One whole event (``data`` None: it was over the bound)."""
+    def feed_event(self, name: str, parts: list | None) -> None:
+        """One whole event as :class:`~proxy.sse.SSEScanner` kept it (None: it was over the bound);
+        a caller holding the plain ``data`` uses :meth:`feed_data`."""
         if self._reserved:
-            self.tel.release(self.max)
+            self.tel._budget_used -= self.max
             self._reserved -= self.max
-        base = name.partition("|")[0]
-        if data is None:
-            self._lost(base)
+        kind = _NAMES.get(name) or _NAMES.get(name.partition("|")[0])
+        if parts is None:
+            self._lost("values" if kind == 2 else name)
             return
         try:
-            if base == "messages":
-                self._tuple(data)
-            elif base == "values":
-                self._values(data)
-            elif base == "updates":
-                self._updates(data)
-            elif base in ("messages/partial", "messages/complete"):
-                self._partial(data)
-            elif base == "messages/metadata":
-                self._metadata(data)
+            if self._mark is None:
+                self._mark = _marker_for(parts)
+            if kind == 1:
+                self._tuple(parts)
+            elif kind == 2:
+                self._values(parts)
+            elif kind == 3:
+                self._updates(parts)
+            elif kind == 4:
+                self._partial(parts)
+            elif kind == 5:
+                self._metadata(parts)
         except Exception:  # noqa: BLE001 - any shape we did not expect: forwarded untouched, counted
             self._count_unparsed()
 
     event = feed_event  # the scanner's name for it
+
+    def feed_data(self, name: str, data: bytes) -> None:
+        """One whole event given by its ``data`` (for callers without a scanner)."""
+        self.feed_event(name, [(b"data: " + data, 0, len(data) + 6, True)])
 
     def _lost(self, base: str) -> None:
         if base == "values" and not self._values_seen:
@@ -421,7 +447,7 @@ class LLMUsage:
             self._count_unparsed()
             return
         try:
-            if _USAGE.search(body) is None:
+            if _MARK not in body and _MARK_SPACED not in body:
                 return
             state = _loads(body)
             if not isinstance(state, dict):
@@ -460,10 +486,11 @@ class LLMUsage:
                           self.ttft, tpot, self._cost, self._unparsed)
 
     # ---------------------------------------------------------------- event kinds
-    def _tuple(self, data: bytes) -> None:
-        if self.ttft is not None and _USAGE.search(data) is None:
+    def _tuple(self, parts: list) -> None:
+        self._redundant = True
+        if self.ttft is not None and not find_in(parts, self._mark):
             return  # the common token chunk once the first token is timed: no parse
-        msg, meta = _loads(data)[:2]
+        msg, meta = _loads(event_data(parts))[:2]
         self._first_token(msg)
         usage = msg.get("usage_metadata")
         if usage and msg.get("type") in _AI:
@@ -475,41 +502,50 @@ class LLMUsage:
                     self._providers.append(prov)
             self._add(msg.get("id"), model, usage, chunk=msg.get("type") == "AIMessageChunk")
 
-    def _partial(self, data: bytes) -> None:
-        if self.ttft is not None and _USAGE.search(data) is None:
+    def _partial(self, parts: list) -> None:
+        self._redundant = True
+        if self.ttft is not None and not find_in(parts, self._mark):
             return
-        for msg in _loads(data):
+        for msg in _loads(event_data(parts)):
             self._first_token(msg)
             if msg.get("usage_metadata") and msg.get("type") in _AI:
                 self._add(msg.get("id"), _model_name(msg), msg["usage_metadata"], chunk=False)
 
-    def _metadata(self, data: bytes) -> None:
+    def _metadata(self, parts: list) -> None:
         # {message id: {"metadata": {... "ls_model_name": ...}}}: names the model before usage comes
-        for mid, v in _loads(data).items():
+        for mid, v in _loads(event_data(parts)).items():
             name = v.get("metadata", {}).get("ls_model_name") if isinstance(v, dict) else None
             if isinstance(name, str) and name and len(self._hints) < MAX_CALLS:
                 self._hints[mid] = name
 
-    def _values(self, data: bytes) -> None:
-        has_usage = _USAGE.search(data) is not None
+    def _values(self, parts: list) -> None:
+        # Messages are appended: a new AI message with usage moves the last usage marker to the
+        # right. Finding it from the end costs the bytes after the last such message, not the
+        # whole snapshot; the snapshot is parsed only when that offset moved.
+        last = rfind_in(parts, self._mark)
         if not self._values_seen:
             # the run's first snapshot: its input applied to the thread, before any node ran
             self._values_seen = True
-            if not has_usage:
+            self._last_mark = last
+            if last < 0:
                 self._baseline = frozenset()
             else:
-                self._baseline = frozenset(m.get("id") for m in _messages(_loads(data)) if m.get("usage_metadata"))
+                self._baseline = frozenset(m.get("id") for m in _messages(_loads(event_data(parts)))
+                                           if m.get("usage_metadata"))
             return
-        if has_usage:
-            state = _loads(data)
+        moved = last != self._last_mark
+        self._last_mark = last
+        if last >= 0 and moved:
+            state = _loads(event_data(parts))
             if not isinstance(state, dict):
                 raise ValueError("not a state")
             self._count_new(state)
 
-    def _updates(self, data: bytes) -> None:
-        if _USAGE.search(data) is None:
+    def _updates(self, parts: list) -> None:
+        self._redundant = True
+        if not find_in(parts, self._mark):
             return
-        upd = _loads(data)
+        upd = _loads(event_data(parts))
         base = self._baseline or ()
         for node, out in upd.items():
             if node.startswith("__") or not isinstance(out, dict):  # __interrupt__, a node that returned None
@@ -608,6 +644,14 @@ class LLMUsage:
         self._unparsed += 1
         if self.tel is not None:
             self.tel.unparsed(self.route)
+
+
+def _marker_for(parts: list) -> bytes:
+    """The usage marker in the spacing this server uses, from the first key of an event's JSON
+    (a key cannot hold an unescaped quote, so the first ``":`` ends it)."""
+    data = event_data(parts[:1])[:256]
+    sep = data.find(b'":')
+    return _MARK_SPACED if sep >= 0 and data[sep + 2:sep + 3] == b" " else _MARK
 
 
 def _usage_tuple(u: dict) -> tuple:

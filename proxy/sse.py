@@ -6,13 +6,16 @@ and no copy. It tells the forwarder how many real events went by (comments such 
 ``: heartbeat`` are not events) and the name of the last one (a run that failed ends in ``error``).
 
 Optionally a *sink* may ask for the data of some events (the LLM usage inspector wants
-``messages*``, ``values`` and ``updates``). The scanner asks ``sink.wants(name)`` once, at the
-``event:`` line, which answers how many bytes of that event it may copy (0: none); the copy stops
-at that bound (the event is then reported with ``data=None``), so even a wanted 3 MB event costs
-at most the bound. At the blank line ending the event it calls ``sink.event(name, data)`` with the
-event's ``data`` per the SSE rules (lines joined by ``\\n``, one leading space dropped). Fields
-before the ``event:`` line are not copied (LangGraph always writes ``event:`` first). The sink must
-not raise. Without a sink nothing changes and nothing is copied.
+``messages*``, ``values`` and ``updates``). When the sink has a ``prefixes`` tuple, only names that
+start with one of them are offered. The scanner asks ``sink.wants(name)`` once, at the ``event:``
+line, which answers how many bytes of that event it may keep (0: none). Keeping is by reference,
+not by copy: the scanner notes ``(chunk, start, end, line_done)`` for each piece of the event's
+lines after the ``event:`` line, so the held memory is the bound plus at most the two chunks the
+event starts and ends in. Past the bound it keeps nothing more and reports ``parts=None``. At the
+blank line ending the event it calls ``sink.event(name, parts)``; :func:`find_in`, :func:`rfind_in`
+and :func:`event_data` read the parts without copying, or build the event's ``data`` per the SSE
+rules. Fields before the ``event:`` line are not kept (LangGraph always writes ``event:``
+first). The sink must not raise. Without a sink nothing changes and nothing is kept.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ class SSEScanner:
     """Feed chunks in order; read ``events``, ``last_event`` and ``error_seen`` at any time."""
 
     __slots__ = ("events", "last_event", "error_seen", "_line", "_line_len", "_has_field",
-                 "_event_name", "_cr", "_sink", "_cap", "_cap_left")
+                 "_event_name", "_cr", "_sink", "_prefixes", "_cap", "_cap_left")
 
     def __init__(self, sink=None) -> None:
         self.events = 0              # real events completed so far
@@ -35,8 +38,9 @@ class SSEScanner:
         self._event_name = None
         self._cr = False             # previous chunk ended in \r (a CRLF may be split)
         self._sink = sink
-        self._cap = None             # parts of the wanted event's lines (each line ends in \n)
-        self._cap_left = 0           # bytes the sink still lets us copy; < 0: over its bound
+        self._prefixes = getattr(sink, "prefixes", None) or ("",)
+        self._cap = None             # (chunk, start, end, line_done) pieces of the wanted event's lines
+        self._cap_left = 0           # bytes the sink still lets us keep; < 0: over its bound
 
     @property
     def mid_event(self) -> bool:
@@ -60,8 +64,8 @@ class SSEScanner:
                 if self._line_len < _KEEP:
                     self._line += chunk[pos:pos + _KEEP - self._line_len]
                 self._line_len += n - pos
-                if self._cap is not None:
-                    self._copy(chunk, pos, n, False)
+                if self._cap is not None and self._cap_left >= 0:
+                    self._keep(chunk, pos, n, False)
                 break
             if self._line_len:
                 if self._line_len < _KEEP:
@@ -71,8 +75,12 @@ class SSEScanner:
             else:
                 line = chunk[pos:min(end, pos + _KEEP)]
                 self._line_len = end - pos
-            if self._cap is not None and self._line_len:
-                self._copy(chunk, pos, end, True)
+            if self._cap is not None and self._line_len and self._cap_left >= 0:  # _keep, inlined
+                self._cap_left -= end - pos + 1
+                if self._cap_left < 0:
+                    self._cap = ()
+                else:
+                    self._cap.append((chunk, pos, end, True))
             self._end_line(line)
             if end == cr:
                 if cr + 1 == n:
@@ -84,14 +92,13 @@ class SSEScanner:
                 pos = nl + 1
         return self.events - before
 
-    def _copy(self, chunk: bytes, start: int, end: int, line_done: bool) -> None:
-        """Copy part of a wanted event's line, within the sink's bound."""
-        size = end - start + line_done
-        self._cap_left -= size
+    def _keep(self, chunk: bytes, start: int, end: int, line_done: bool) -> None:
+        """Note a piece of a wanted event's line (a reference, no copy), within the sink's bound."""
+        self._cap_left -= end - start + 1
         if self._cap_left < 0:
-            self._cap = ()  # over the bound: keep scanning, copy nothing more, report data=None
-        elif size:
-            self._cap.append(chunk[start:end] + b"\n" if line_done else chunk[start:end])
+            self._cap = ()  # over the bound: keep scanning, keep nothing more, report parts=None
+        else:
+            self._cap.append((chunk, start, end, line_done))
 
     def _end_line(self, line: bytes) -> None:
         length = self._line_len
@@ -107,7 +114,7 @@ class SSEScanner:
                 if self._cap is not None:
                     cap = self._cap
                     self._cap = None
-                    self._sink.event(name, _data(cap) if self._cap_left >= 0 else None)
+                    self._sink.event(name, cap if self._cap_left >= 0 else None)
             self._has_field = False
             self._event_name = None
             return
@@ -116,22 +123,44 @@ class SSEScanner:
         self._has_field = True
         if line.startswith(b"event:"):
             self._event_name = line[6:].strip().decode("utf-8", "replace")
-            if self._sink is not None and self._cap is None:
+            if self._sink is not None and self._cap is None and self._event_name.startswith(self._prefixes):
                 limit = self._sink.wants(self._event_name)
                 if limit > 0:
                     self._cap = []
                     self._cap_left = limit
 
 
-def _data(parts: list) -> bytes:
-    """The ``data`` of an event from its copied lines (each ending in ``\\n``)."""
-    raw = b"".join(parts)
-    if raw.startswith(b"data:") and raw.count(b"\n") == 1:  # the usual case: one data line only
-        return raw[6:-1] if raw[5:6] == b" " else raw[5:-1]
+def find_in(parts: list, needle: bytes) -> bool:
+    """Does ``needle`` occur in the kept event (no copy unless the event spans chunks)?"""
+    if len(parts) == 1:
+        c, s, e, _ = parts[0]
+        return c.find(needle, s, e) >= 0
+    return needle in _join(parts)
+
+
+def rfind_in(parts: list, needle: bytes) -> int:
+    """Offset of the last ``needle`` in the kept event, or -1 (searched from the end)."""
+    if len(parts) == 1:
+        c, s, e, _ = parts[0]
+        i = c.rfind(needle, s, e)
+        return i - s if i >= 0 else -1
+    return _join(parts).rfind(needle)
+
+
+def event_data(parts: list) -> bytes:
+    """The event's ``data``: its ``data:`` lines joined by ``\\n``, one leading space dropped."""
+    if len(parts) == 1:
+        c, s, e, _ = parts[0]
+        if c.startswith(b"data:", s):  # the usual case: one data line in one chunk
+            return c[s + 6:e] if c[s + 5:s + 6] == b" " else c[s + 5:e]
     out = []
-    for ln in raw.split(b"\n"):
+    for ln in _join(parts).split(b"\n"):
         if ln.startswith(b"data:"):
             out.append(ln[6:] if ln[5:6] == b" " else ln[5:])
         elif ln == b"data":
             out.append(b"")
     return b"\n".join(out)
+
+
+def _join(parts: list) -> bytes:
+    return b"".join(c[s:e] + b"\n" if done else c[s:e] for c, s, e, done in parts)

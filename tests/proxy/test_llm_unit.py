@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy import config
 from proxy.llm import (LLMConfig, LLMMetrics, LLMTelemetry, LLMUsage, ModelPrice, SEEN_IDS, cost_of)
-from proxy.sse import SSEScanner
+from proxy.sse import SSEScanner, event_data
 
 SMALL = {"input_tokens": 10, "output_tokens": 2, "total_tokens": 12}
 LARGE = {"input_tokens": 20, "output_tokens": 4, "total_tokens": 24,
@@ -141,6 +141,19 @@ def test_each_call_is_counted_once_whatever_the_modes(reg, modes, eol):
     assert [tokens(reg, t, "fake-large") for t in ("input", "output", "cache_read", "cache_write")] == [20, 4, 4, 2]
     assert reg.get_sample_value("sidecar_llm_calls_total", {"model": "fake-large", "route": "r"}) == 1
     assert reg.get_sample_value("sidecar_llm_events_unparsed_total", {"route": "r"}) is None
+
+
+def test_json_with_default_spacing_is_read_too(reg):
+    compact = run_stream(("values", "messages-tuple"))
+    blocks = []
+    for block in compact.split(b"\r\n\r\n")[:-1]:
+        head, _, data = block.partition(b"\r\ndata: ")
+        blocks.append(head + b"\r\ndata: " + json.dumps(json.loads(data)).encode() if data else block)
+    spaced = b"\r\n\r\n".join(blocks) + b"\r\n\r\n"
+    assert b'"usage_metadata": {' in spaced and b'"usage_metadata":{' not in spaced
+    u = LLMUsage()
+    feed(u, spaced)
+    assert totals(u.finish()) == EXPECTED
 
 
 def test_values_do_not_count_the_threads_earlier_turns(reg):
@@ -325,9 +338,11 @@ def test_bad_json_missing_fields_and_odd_shapes_never_break_the_stream(reg):
     u = tel.exchange("r", 0.0)
     good = run_stream(("messages-tuple",))
     bad = b"".join([
+        b"event: values\r\ndata: \xff\xfe\r\n\r\n",  # the first snapshot: no usage marker, so never parsed
+        b"event: values\r\ndata: {\"messages\":5,\"usage_metadata\":{}}\r\n\r\n",  # a state without messages
+        b"event: values\r\ndata: [1, 2]\r\ndata: \"usage_metadata\":{\"usage_metadata\":{\r\n\r\n",  # parsed: bad
         b"event: messages\r\ndata: {not json\r\n\r\n",
-        b"event: values\r\ndata: \xff\xfe\r\n\r\n",
-        b"event: messages\r\ndata: [\"usage_metadata\": {]\r\n\r\n",
+        b"event: messages\r\ndata: [\"usage_metadata\":{]\r\n\r\n",
         ev("messages", [chunk("n1", "x", {"input_tokens": "ten"}), META]),       # a non-integer count
         ev("messages", [chunk("n2", "x", {"input_tokens": -1}), META]),
         ev("messages", [chunk("n3", "x", {"input_tokens": 1.5}), META]),         # a fractional count
@@ -335,8 +350,6 @@ def test_bad_json_missing_fields_and_odd_shapes_never_break_the_stream(reg):
         ev("updates", {"node": None, "__interrupt__": [{"value": "?"}]}),
         ev("updates", {"node": {"messages": ai("n5", "x", {"input_tokens": 1, "output_tokens": 1}, "m")}}),  # a single message
         ev("messages", [ai(None, "no id", {"input_tokens": 2, "output_tokens": 2}, "m"), META]),  # no id: still counted
-        b"event: values\r\ndata: {\"messages\": 5, \"usage_metadata\": {}}\r\n\r\n",
-        b"event: values\r\ndata: [1, 2]\r\ndata: \"usage_metadata\": {\r\n\r\n",
         b"event: custom\r\ndata: {\"usage_metadata\": {\"input_tokens\": 99}}\r\n\r\n",  # not an inspected event
         b"data: no event name\r\n\r\n",
     ])
@@ -407,8 +420,8 @@ def test_sink_gets_spec_data_of_multi_line_events():
         def wants(self, name):
             return 100 if name != "skip" else 0
 
-        def event(self, name, data):
-            got.append((name, data))
+        def event(self, name, parts):
+            got.append((name, None if parts is None else event_data(parts)))
 
     sc = SSEScanner(Sink())
     sc.feed(b"event: a\ndata: one\ndata:two\ndata\nid: 5\n\nevent: skip\ndata: x\n\n"

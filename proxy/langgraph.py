@@ -74,9 +74,10 @@ class RunTracker:
     async def confirm(self, ex) -> None:
         """A run that looked successful: ask the server how it really ended.
 
-        Only runs on a thread can be asked about (a stateless run's thread is not named
-        anywhere, and a multitask interrupt needs a thread anyway)."""
-        if ex.run_outcome != "success" or self.pool is None:
+        Only runs the client started or joined on its own thread are asked about: a stateless
+        run's thread is temporary (deleted when the run ends; a stateless stream does not even
+        name it), and a multitask interrupt needs a thread shared with another run anyway."""
+        if ex.run_outcome != "success" or self.pool is None or not ex.path.startswith("/threads/"):
             return
         ref = run_ref(ex.content_location)
         if ref is None or ref[0] is None:

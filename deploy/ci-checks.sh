@@ -95,7 +95,7 @@ check "promtool check rules deploy/prometheus/alerts.yaml" promtool check rules 
 # the rule tests have no hand-written input: each is generated from real scrapes of the proxy
 # driven through one failure (and a healthy run), then run by promtool test rules
 check "promtool test rules on series scraped from the real proxy (tests/deploy/test_alert_rules.py)" \
-  "$PYTHON" -m pytest tests/deploy/test_alert_rules.py tests/deploy/test_runbooks.py -q -m "not slow" -p no:cacheprovider
+  "$PYTHON" -m pytest tests/deploy/test_alert_rules.py tests/deploy/test_runbooks.py -q -p no:cacheprovider
 
 echo
 if ((${#FAILED[@]})); then

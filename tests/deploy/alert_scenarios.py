@@ -104,7 +104,7 @@ class Scenario:
     overrides: dict = field(default_factory=dict)
     healthy_ticks: int = 10
     failure_ticks: int = 20
-    slow: bool = False
+    slow: bool = False      # over ~7 s of real time: the slow group (.ci/run and ci-checks run it)
 
 
 @dataclass
@@ -364,21 +364,21 @@ SCENARIOS = [
     Scenario("five_xx_burst", five_xx, BURN),
     Scenario("first_byte_timeouts", first_byte_timeouts,
              {"SidecarUpstreamTimeouts": (POD | {"kind": "first_byte"}, 8), **BURN},
-             overrides={"timeouts": {"first_byte": "150ms"}, "retries": {"attempts": 1}}),
+             overrides={"timeouts": {"first_byte": "150ms"}, "retries": {"attempts": 1}}, slow=True),
     Scenario("upstream_resets", upstream_resets,
              {"SidecarUpstreamErrors": (POD | {"kind": "reset"}, 8), **BURN},
              overrides={"retries": {"attempts": 1}}),
     Scenario("probe_failing", probe_failing,
              {"SidecarProbeFailing": (POD | {"probe": "agent_pong"}, 7), "SidecarProbeStale": (POD | {"probe": "agent_pong"}, 37),
               "SidecarNotReady": (POD, 17)},
-             failure_ticks=40),
+             failure_ticks=40, slow=True),
     Scenario("streams_cut_by_event_idle", streams_cut,
              {"SidecarStreamsCutByTimeouts": (POD, 8), "SidecarUpstreamTimeouts": (POD | {"kind": "event_idle"}, 8)},
-             overrides={"timeouts": {"event_idle": "150ms"}}),
+             overrides={"timeouts": {"event_idle": "150ms"}}, slow=True),
     Scenario("run_errors", run_errors, {"SidecarRunErrors": (POD, 8)}),
     Scenario("saturated_and_shedding", saturated,
              {"SidecarSaturation": (POD | {"resource": "concurrent_requests"}, 7), "SidecarShedding": (POD, 7), **BURN},
-             overrides={"limits": {"max_concurrent_requests": 4}, "timeouts": {"first_byte": "5m"}}),
+             overrides={"limits": {"max_concurrent_requests": 4}, "timeouts": {"first_byte": "5m"}}, slow=True),
     Scenario("slow_first_byte", slow_first_byte,
              # the first slow answer is observed ~7 ticks in (2.7 s real at ~0.4 s per tick)
              {"SidecarLatencyBudgetBurnFast": ({"job": TARGET["job"], "namespace": TARGET["namespace"]}, 13),

@@ -308,7 +308,8 @@ class LLMUsage:
     (plus, for a wait answer, the same bound); anything it cannot read is counted as unparsed.
 
     For an SSE answer pass it as ``SSEScanner(sink=usage)``: the scanner calls :meth:`wants` and
-    :meth:`feed_event`. For a ``runs/wait`` answer call :meth:`feed_body` per chunk and
+    :meth:`event` (:meth:`feed_event` takes an event's ``data`` directly, without a scanner). For a
+    ``runs/wait`` answer call :meth:`feed_body` per chunk and
     :meth:`end_body` (or :meth:`feed_wait_body` with a whole body). Call :meth:`finish` once at the
     end of the exchange (it releases the budget and records the time per output token); it
     returns the :class:`LLMSummary`. ``request_body`` (the run request's JSON, when it was kept)
@@ -370,12 +371,21 @@ class LLMUsage:
             self._reserved += self.max
         return self.max
 
-    def feed_event(self, name: str, parts: list | None) -> None:
-        """One whole event as :class:`~proxy.sse.SSEScanner` kept it (None: it was over the bound);
-        a caller holding the plain ``data`` uses :meth:`feed_data`."""
+    def event(self, name: str, parts: list | None) -> None:
+        """The scanner's call: one whole event as :class:`~proxy.sse.SSEScanner` kept it (pieces
+        of its lines; None: it was over the bound)."""
         if self._reserved:
             self.tel._budget_used -= self.max
             self._reserved -= self.max
+        self._dispatch(name, parts)
+
+    def feed_event(self, name: str, data: bytes | None) -> None:
+        """One whole event given by its ``data`` (for a caller without a scanner; None: too big)."""
+        if data is not None and len(data) > self.max:
+            data = None
+        self._dispatch(name, None if data is None else [(b"data: " + data, 0, len(data) + 6, True)])
+
+    def _dispatch(self, name: str, parts: list | None) -> None:
         kind = _NAMES.get(name) or _NAMES.get(name.partition("|")[0])
         if parts is None:
             self._lost("values" if kind == 2 else name)
@@ -396,12 +406,6 @@ class LLMUsage:
         except Exception:  # noqa: BLE001 - any shape we did not expect: forwarded untouched, counted
             self._count_unparsed()
 
-    event = feed_event  # the scanner's name for it
-
-    def feed_data(self, name: str, data: bytes) -> None:
-        """One whole event given by its ``data`` (for callers without a scanner)."""
-        self.feed_event(name, [(b"data: " + data, 0, len(data) + 6, True)])
-
     def _lost(self, base: str) -> None:
         if base == "values" and not self._values_seen:
             self._values_seen = True  # the first snapshot is gone: later ones fall back to the input anchor
@@ -409,7 +413,7 @@ class LLMUsage:
 
     # ---------------------------------------------------------------- wait answers
     def feed_body(self, chunk: bytes) -> None:
-        """A chunk of a (non-SSE) run answer; copied up to the bound."""
+        """A chunk of a (non-SSE) run answer; kept (by reference) up to the bound."""
         if self._finished:
             return
         if self._body is None:

@@ -143,6 +143,19 @@ def test_each_call_is_counted_once_whatever_the_modes(reg, modes, eol):
     assert reg.get_sample_value("sidecar_llm_events_unparsed_total", {"route": "r"}) is None
 
 
+def test_events_fed_without_a_scanner(reg):
+    tel = telemetry(reg, max_event_bytes=4096)
+    u = tel.exchange("r", 0.0)
+    for block in run_stream().split(b"\r\n\r\n")[:-1]:
+        head, _, data = block.partition(b"\r\ndata: ")
+        if data:
+            u.feed_event(head.removeprefix(b"event: ").decode(), data)
+    u.feed_event("values", b"x" * 5000)   # over the bound
+    u.feed_event("updates", None)         # the caller could not keep it
+    s = u.finish()
+    assert totals(s) == EXPECTED and s.unparsed == 2 and tel._budget_used == 0
+
+
 def test_json_with_default_spacing_is_read_too(reg):
     compact = run_stream(("values", "messages-tuple"))
     blocks = []
@@ -433,7 +446,7 @@ def test_config_loads_with_key_path_errors_and_disables():
     loader = config._Loader({"P": "0.5"})
     cfg = loader.build("llm", LLMConfig, {"models": ["gpt-4o"], "max_event_bytes": "64KiB",
                                           "prices": {"gpt-4o": {"input": 2.5, "output": "${P}"}}})
-    assert loader.problems == [f"llm.prices.gpt-4o.output: expected a number, got '0.5'"]
+    assert loader.problems == ["llm.prices.gpt-4o.output: expected a number, got '0.5'"]
     loader = config._Loader({})
     cfg = loader.build("llm", LLMConfig, {"models": ["gpt-4o"], "max_event_bytes": "64KiB",
                                           "prices": {"gpt-4o": {"input": 2.5, "output": 10, "cache_read": 1.25}}})

@@ -171,11 +171,48 @@ def test_rollout_pdb_and_hpa(overlay):
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": dep["metadata"]["name"]}
     assert hpa["spec"]["minReplicas"] >= 2, "with one replica the PDB blocks every drain"
     assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert "replicas" not in dep["spec"], "the HPA owns replicas: a value here resets it on every apply"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policy_fences_the_admin_and_agent_ports(overlay):
+    docs = render(overlay)
+    spec = pod_spec(docs)
+    proxy, agent = container(spec, "proxy"), container(spec, "agent")
+    cfg = proxy_config.load(str(DEPLOY_CONFIG), env={})
+    traffic, admin = port_of(cfg.server.listen), port_of(cfg.server.admin_listen)
+    np = one(docs, "NetworkPolicy")
+    labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert np["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert np["spec"]["policyTypes"] == ["Ingress"]
+    rules = {}
+    for rule in np["spec"]["ingress"]:
+        for p in rule["ports"]:
+            rules[port_number(proxy, p["port"])] = rule.get("from")
+    assert set(rules) == {traffic, admin}, "only these two ports are reachable; the agent's is not"
+    assert port_number(agent, "agent") not in rules
+    assert rules[traffic] is None, "clients may reach the traffic port"
+    (source,) = rules[admin]
+    assert set(source) == {"namespaceSelector"} and source["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "monitoring"}
+
+
+def test_proxy_gets_its_probe_secret():
+    docs = render("overlays/example")
+    proxy = container(pod_spec(docs), "proxy")
+    (ref,) = [e["secretRef"] for e in proxy["envFrom"]]
+    secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == ref["name"])
+    assert ref["name"].startswith("sidecar-secrets-"), "generated, with a content hash"
+    assert "PROBE_TOKEN" in secret["data"]
+    # the base works without the Secret (its config uses no ${VAR}); overlays that use one create it
+    base_ref = container(pod_spec(render("base")), "proxy")["envFrom"][0]["secretRef"]
+    assert base_ref == {"name": "sidecar-secrets", "optional": True}
+    proxy_config.load(str(DEPLOY_CONFIG), env={})  # no environment needed
 
 
 def test_secret_is_example_only_and_reaches_the_agent():
     docs = render("overlays/example")
-    secret = one(docs, "Secret")
+    secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].startswith("agent-secrets-"))
     import base64
     values = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
     assert values["OPENAI_API_KEY"] == "replace-me"
@@ -234,6 +271,68 @@ def test_strict_schema_validation_runs_and_catches_a_typo(overlay, tmp_path):
 def test_saturation_alert_threshold_matches_the_limit():
     cfg = proxy_config.load(str(DEPLOY_CONFIG), env={})
     rules = {r.get("alert"): r for g in yaml.safe_load((DEPLOY / "prometheus/alerts.yaml").read_text())["groups"] for r in g["rules"]}
-    m = re.search(r"> 0\.8 \* (\d+)", rules["SidecarSaturation"]["expr"])
-    assert m and int(m.group(1)) == cfg.limits.max_concurrent_requests
+    expr = rules["SidecarSaturation"]["expr"]
+    m = re.search(r"> 0\.8 \* (\d+)", expr)
+    if m:   # a hard-coded limit must be the configured one
+        assert int(m.group(1)) == cfg.limits.max_concurrent_requests
+    else:   # or the ratio is taken against the limit the proxy exports
+        text = (DEPLOY / "prometheus/alerts.yaml").read_text()
+        assert 'sidecar_limit{name="max_concurrent_requests"}' in text and "0.8" in expr
     assert cfg.metrics.prefix == "sidecar", "alerts and dashboard assume the sidecar_ prefix"
+
+
+def test_cluster_config_keeps_the_pod_ready_while_the_breaker_is_open(tmp_path):
+    """open_makes_unready is false in the cluster: a failing shared LLM opens every pod's breaker, and
+    pulling every pod out of the Service at once would turn fast 503s into connection errors."""
+    import json
+    import sys
+    import threading
+    import time
+    import urllib.error
+    import urllib.request
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Failing(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    up = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    threading.Thread(target=up.serve_forever, daemon=True).start()
+    cfg = yaml.safe_load(DEPLOY_CONFIG.read_text())
+    assert cfg["circuit_breaker"]["open_makes_unready"] is False
+    cfg["server"].update(listen="127.0.0.1:0", admin_listen="127.0.0.1:0", drain_delay="0s", shutdown_grace="2s")
+    cfg["upstream"]["url"] = f"http://127.0.0.1:{up.server_address[1]}"
+    cfg["probes"], cfg["readiness"] = [], {"require_probes": []}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "--config", str(tmp_path / "c.yaml"), "--ready-file", str(ready)],
+                            cwd=ROOT, stderr=subprocess.DEVNULL)
+
+    def get(url):
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+    try:
+        deadline = time.monotonic() + 15
+        while not ready.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        traffic, admin = (f"http://127.0.0.1:{p}" for p in ready.read_text().split())
+        for _ in range(cfg["circuit_breaker"]["fail_max"]):
+            assert get(traffic + "/assistants/search")[0] == 503
+        status, body = get(traffic + "/assistants/search")
+        assert status == 503 and json.loads(body)["error"]["type"] == "circuit_open"
+        assert json.loads(get(admin + "/status")[1])["breakers"]["upstream"]["state"] == "open"
+        assert get(admin + "/readyz")[0] == 200, "the pod stays in the Service and answers fast 503s"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        up.shutdown()
+        up.server_close()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,9 +32,17 @@ def test_in_flight_sums_requests_and_streams():
 
 @pytest.fixture
 def fake_proxy():
-    state = {"busy": 2, "polls": 0}
+    state = {"busy": 2, "polls": 0, "drains": [], "delay_left": 0.0}
 
     class H(BaseHTTPRequestHandler):
+        def do_POST(self):
+            state["drains"].append((self.path, state["polls"]))
+            body = json.dumps({"state": "draining", "drain_delay_remaining_seconds": state["delay_left"]}).encode()
+            self.send_response(202)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
         def do_GET(self):
             state["polls"] += 1
             if state["polls"] >= 3:
@@ -73,3 +82,18 @@ def test_gives_up_at_the_deadline(fake_proxy):
 def test_stops_when_the_proxy_is_gone():
     assert drain_wait.wait("http://127.0.0.1:9", min_s=0, max_s=30, poll_s=0.01) == "unreachable"
     assert drain_wait.main(["--admin", "http://127.0.0.1:9", "--min", "0", "--max", "1", "--poll", "0.01"]) == 0
+
+
+def test_starts_the_drain_first_and_waits_out_the_drain_delay(fake_proxy):
+    url, state = fake_proxy
+    state["delay_left"] = 0.6
+    t0 = time.monotonic()
+    assert drain_wait.wait(url, min_s=0.1, max_s=10, poll_s=0.05) == "drained"
+    assert state["drains"] == [("/drain", 0)], "POST /drain before any poll"
+    assert time.monotonic() - t0 >= 0.6, "the proxy's remaining drain_delay, not only --min"
+
+
+def test_no_drain_only_waits(fake_proxy):
+    url, state = fake_proxy
+    assert drain_wait.wait(url, min_s=0, max_s=10, poll_s=0.05, drain=False) == "drained"
+    assert state["drains"] == []

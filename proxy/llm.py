@@ -55,7 +55,6 @@ from typing import Any, Optional
 
 from prometheus_client import Counter, Histogram
 
-from . import config  # noqa: F401 - config.Size in the annotations below, resolved at load (no import cycle)
 from .metrics import LATENCY_BUCKETS
 from .sse import event_data, find_in, rfind_in
 
@@ -706,3 +705,8 @@ def _norm_input(m) -> tuple | None:
         mid = m.get("id")
         return (mid if isinstance(mid, str) and mid else None), _ROLE.get(typ, typ), m.get("content")
     return None
+
+
+# Last, so either module can be imported first: proxy.config imports this module for its schema,
+# and config.Size in the annotations above are only resolved when a config is loaded.
+from . import config  # noqa: E402,F401

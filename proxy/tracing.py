@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from . import config  # noqa: F401 - config.HttpUrl / config.Duration in annotations, resolved at load
 
 # ---- config (mounted as `tracing:` in proxy.config.Config) ----
 
@@ -294,3 +293,8 @@ def _gen_ai_usage(llm) -> dict:
     if llm.cost:
         attrs["sidecar.llm.cost"] = llm.cost
     return attrs
+
+
+# Last, so either module can be imported first: proxy.config imports this module for its schema,
+# and config.HttpUrl / config.Duration in the annotations above are only resolved when a config is loaded.
+from . import config  # noqa: E402,F401

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -99,6 +103,28 @@ def test_config_loads_with_key_path_errors():
     bad.validate("tracing", lambda p, m: problems.append(f"{p}: {m}"))
     assert sorted(p.split(":")[0] for p in problems) == ["tracing.max_queue", "tracing.otlp_endpoint", "tracing.sample",
                                                          "tracing.sample_ratio"]
+
+
+def test_without_the_otel_extra_the_proxy_runs_unchanged():
+    # a real interpreter in which the OpenTelemetry packages cannot be imported
+    code = """
+import sys
+for name in ("opentelemetry", "opentelemetry.sdk", "opentelemetry.sdk.trace", "opentelemetry.exporter",
+             "opentelemetry.exporter.otlp.proto.http.trace_exporter"):
+    sys.modules[name] = None
+import json, proxy.app, proxy.tracing as t
+ctx = t.continue_or_start("00-%s-%s-01" % ("ab" * 16, "cd" * 8))
+assert ctx.trace_id == "ab" * 16 and not t.otel_available()
+problems = []
+t.TracingConfig(otlp_endpoint="http://127.0.0.1:4318/v1/traces").validate("tracing", lambda p, m: problems.append(p + ": " + m))
+t.TracingConfig().validate("tracing", lambda p, m: problems.append(p + ": " + m))
+print(json.dumps(problems))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == ["tracing.otlp_endpoint: needs the optional OpenTelemetry packages: "
+                                      "pip install 'langgraph-sidecar[otel]' (or leave it null)"]
 
 
 class Collector:

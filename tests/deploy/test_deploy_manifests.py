@@ -336,3 +336,17 @@ def test_cluster_config_keeps_the_pod_ready_while_the_breaker_is_open(tmp_path):
         proc.wait(10)
         up.shutdown()
         up.server_close()
+
+
+def test_compose_and_local_keep_the_admin_port_on_loopback():
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    agent, proxy = compose["services"]["agent"], compose["services"]["proxy"]
+    published = {p.rsplit(":", 1)[-1]: p for p in agent["ports"]}
+    assert published["9090"].startswith("127.0.0.1:"), "the unauthenticated admin port stays on the host's loopback"
+    assert all(p.startswith("127.0.0.1:") for p in agent["ports"])
+    assert proxy["network_mode"] == "service:agent" and "agent" in proxy["depends_on"]  # stops (drains) first
+    (mount,) = proxy["volumes"]
+    default = re.fullmatch(r"\$\{SIDECAR_CONFIG:-(.+)\}:/etc/sidecar/config.yaml:ro", mount).group(1)
+    assert (DEPLOY / default).resolve() == DEPLOY_CONFIG.resolve()
+    local = proxy_config.load(str(DEPLOY / "local.yaml"), env={})
+    assert local.server.admin_listen.startswith("127.0.0.1:") and local.server.listen.startswith("127.0.0.1:")

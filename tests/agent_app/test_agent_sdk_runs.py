@@ -131,10 +131,11 @@ async def test_interrupt_before_tools_then_continue_with_null_input(client: Lang
 async def test_cancel_a_background_run(client: LangGraphClient) -> None:
     tid = (await client.threads.create())["thread_id"]
     run = await client.runs.create(tid, "agent", input=human("SLOW 2000"))
-    for _ in range(100):
-        if (await client.runs.get(tid, run["run_id"]))["status"] == "running":
+    for _ in range(200):  # cancel once the run is under way: its input is checkpointed
+        if (await client.threads.get_state(tid))["values"].get("messages"):
             break
         await asyncio.sleep(0.02)
+    assert (await client.runs.get(tid, run["run_id"]))["status"] == "running"
     await client.runs.cancel(tid, run["run_id"])
     joined = await client.runs.join(tid, run["run_id"])
     assert [m["content"] for m in joined["messages"]] == ["SLOW 2000"]

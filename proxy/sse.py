@@ -40,7 +40,7 @@ class SSEScanner:
         self._sink = sink
         self._prefixes = getattr(sink, "prefixes", None) or ("",)
         self._cap = None             # (chunk, start, end, line_done) pieces of the wanted event's lines
-        self._cap_left = 0           # bytes the sink still lets us keep; < 0: over its bound
+        self._cap_left = 0           # bytes the sink still lets us keep; < 0: the wanted event went over
 
     @property
     def mid_event(self) -> bool:
@@ -64,7 +64,7 @@ class SSEScanner:
                 if self._line_len < _KEEP:
                     self._line += chunk[pos:pos + _KEEP - self._line_len]
                 self._line_len += n - pos
-                if self._cap is not None and self._cap_left >= 0:
+                if self._cap is not None:
                     self._keep(chunk, pos, n, False)
                 break
             if self._line_len:
@@ -75,10 +75,10 @@ class SSEScanner:
             else:
                 line = chunk[pos:min(end, pos + _KEEP)]
                 self._line_len = end - pos
-            if self._cap is not None and self._line_len and self._cap_left >= 0:  # _keep, inlined
+            if self._cap is not None and self._line_len:  # _keep, inlined: once per line of a wanted event
                 self._cap_left -= end - pos + 1
                 if self._cap_left < 0:
-                    self._cap = ()
+                    self._cap = None  # over the bound: drop what was kept; the event end reports None
                 else:
                     self._cap.append((chunk, pos, end, True))
             self._end_line(line)
@@ -96,7 +96,7 @@ class SSEScanner:
         """Note a piece of a wanted event's line (a reference, no copy), within the sink's bound."""
         self._cap_left -= end - start + 1
         if self._cap_left < 0:
-            self._cap = ()  # over the bound: keep scanning, keep nothing more, report parts=None
+            self._cap = None  # over the bound: drop what was kept; the event end reports None
         else:
             self._cap.append((chunk, start, end, line_done))
 
@@ -114,7 +114,10 @@ class SSEScanner:
                 if self._cap is not None:
                     cap = self._cap
                     self._cap = None
-                    self._sink.event(name, cap if self._cap_left >= 0 else None)
+                    self._sink.event(name, cap)
+                elif self._cap_left < 0:  # a wanted event that went over the sink's bound
+                    self._cap_left = 0
+                    self._sink.event(name, None)
             self._has_field = False
             self._event_name = None
             return
@@ -123,7 +126,8 @@ class SSEScanner:
         self._has_field = True
         if line.startswith(b"event:"):
             self._event_name = line[6:].strip().decode("utf-8", "replace")
-            if self._sink is not None and self._cap is None and self._event_name.startswith(self._prefixes):
+            if (self._sink is not None and self._cap is None and self._cap_left >= 0
+                    and self._event_name.startswith(self._prefixes)):
                 limit = self._sink.wants(self._event_name)
                 if limit > 0:
                     self._cap = []

@@ -13,8 +13,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[agent,dev]"
 	touch $@
 
-run: setup           ## the example agent behind the sidecar, offline (Ctrl-C stops both)
-	$(PY) scripts/run_local.py
+run: setup           ## the example agent behind the sidecar, offline (Ctrl-C drains, a second cuts); RUN_ARGS="--port N --admin-port N --agent-port N"
+	$(PY) scripts/run_local.py $(RUN_ARGS)
 
 smoke: setup         ## start both, send one run through, stop
 	$(PY) scripts/run_local.py --smoke
@@ -27,8 +27,9 @@ test-slow: setup     ## real LangGraph dev server, PostgreSQL, Prometheus, image
 
 test-all: test test-slow
 
-check: setup
-	$(PY) -m proxy --config config.example.yaml --check
+check: setup         ## --check every config the repo ships (documented example, make run, cluster, image default)
+	for c in config.example.yaml deploy/local.yaml deploy/kubernetes/base/sidecar-config.yaml deploy/docker/config.yaml; do \
+	  $(PY) -m proxy --config $$c --check || exit 1; done
 
 ci-checks: setup     ## hadolint, kustomize + schema validation, promtool
 	bash deploy/ci-checks.sh

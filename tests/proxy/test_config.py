@@ -229,3 +229,22 @@ def test_busy_port_is_one_line_naming_the_key(tmp_path):
     assert "Traceback" not in r.stderr
     assert f"error: server.admin_listen 127.0.0.1:{port}: cannot listen: Address already in use" in r.stderr, r.stderr
     assert len([line for line in r.stderr.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_readme_configs_are_valid_and_its_check_line_is_true(tmp_path):
+    """The README's minimal config and probe example pass --check, with the output it quotes."""
+    import re
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    minimal = next(b for b in blocks if b.startswith("# my-sidecar.yaml"))
+    probe = next(b for b in blocks if b.startswith("probes:"))
+    path = tmp_path / "my-sidecar.yaml"
+    path.write_text(minimal)
+    r = subprocess.run([sys.executable, "-m", "proxy", "--config", "my-sidecar.yaml", "--check"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    quoted = re.search(r"`(my-sidecar\.yaml: OK [^`]*)`", readme).group(1)
+    assert r.stdout.strip() == quoted
+    cfg = C.parse({**yaml.safe_load(minimal), **yaml.safe_load(probe)}, env={"PROBE_TOKEN": "t0k3n-for-the-test"})
+    assert cfg.probes[0].request.json["assistant_id"] == "my_graph"
+    assert re.search(cfg.probes[0].expect.regex, "Pong.")

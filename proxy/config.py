@@ -566,7 +566,7 @@ def _semantic_checks(cfg: Config, fail) -> None:
             fail(f"{p}.expect", "equals/regex need json_path")
     rd = cfg.readiness
     for i, name in enumerate(rd.require_probes if isinstance(rd, ReadinessConfig) and isinstance(rd.require_probes, tuple) else ()):
-        if name not in names:
+        if isinstance(name, str) and name not in names:
             fail(f"readiness.require_probes[{i}]", f"no probe named {name!r} (probes: {', '.join(sorted(map(str, names))) or 'none'})")
 
 

@@ -14,7 +14,7 @@ class Exchange:
                  "ttfb", "status", "error", "req_bytes", "resp_bytes", "headers_sent",
                  "is_stream", "events", "first_event", "run_outcome", "content_location",
                  "probe", "attempts", "sent_any", "deadline", "client_ip", "body", "buffered",
-                 "on_stream_start")
+                 "answer", "on_stream_start")
 
     def __init__(self, request_id: str, method: str, path: str, start: float, probe: str | None = None):
         self.request_id = request_id
@@ -42,4 +42,5 @@ class Exchange:
         self.client_ip = None
         self.body = None               # a small request body, kept so a retry can resend it
         self.buffered = 0              # bytes of a whole answer held (BufferBudget) until delivered
+        self.answer = None             # that answer's chunks (a deque), written out by the deliver layer
         self.on_stream_start = None    # called once at a stream's first event (the breaker's success)

@@ -14,6 +14,7 @@ body can never pass for a complete one.
 from __future__ import annotations
 
 import asyncio
+import collections
 from time import monotonic
 
 from aiohttp import web
@@ -273,9 +274,10 @@ class Forwarder:
         if (not sse and clen is not None and ex.method != "HEAD" and clen <= self.max_buffered
                 and self.buffers is not None and self.buffers.take(clen)):
             # a whole, length-delimited answer: read it now (the upstream's timers still apply),
-            # so the connection goes back to the pool before a slow client has read a byte
+            # so the connection goes back to the pool before a slow client has read a byte; it is
+            # kept as the chunks that came (no joined copy) and written out by the deliver layer
             ex.buffered = clen
-            parts = []
+            parts = collections.deque()
             try:
                 while True:
                     chunk = await conn.next_chunk()
@@ -286,12 +288,19 @@ class Forwarder:
                 self.buffers.give(clen)  # nothing to deliver (a retry may take its own)
                 ex.buffered = 0
                 raise
-            body = b"".join(parts) if len(parts) != 1 else parts[0]
             ex.upstream_time = monotonic() - ex.upstream_start
-            ex.resp_bytes = len(body)
+            ex.resp_bytes = clen
+            ex.answer = parts
             if tracker is not None:
-                tracker.wait_body(ex, body)
-            return web.Response(status=status, headers=hdrs, body=body)
+                head = None
+                for chunk in parts:
+                    head = tracker.body_head(chunk)
+                    if head is not None:
+                        break
+                tracker.wait_body(ex, head or b"")
+            resp = web.StreamResponse(status=status, headers=hdrs)
+            resp.content_length = clen
+            return resp
 
         resp = web.StreamResponse(status=status, headers=hdrs)
         if clen is not None:

@@ -153,9 +153,14 @@ class Deliver:
             if ex.deadline is not None and ex.deadline < deadline:
                 deadline, why = ex.deadline, "the request deadline"
             ex.headers_sent = True
+            parts = ex.answer
             try:
                 async with asyncio.timeout_at(deadline):
                     await resp.prepare(request)
+                    writer = request.writer
+                    while parts:
+                        # chunk by chunk, each freed once written: never a joined copy of the answer
+                        await writer.write(parts.popleft())
                     await resp.write_eof()
             except TimeoutError:
                 raise E.ClientSlow("client_write", f"the client read nothing of its answer within {why}") from None
@@ -166,6 +171,7 @@ class Deliver:
             if ex.buffered:
                 self.buffers.give(ex.buffered)
                 ex.buffered = 0
+                ex.answer = None
 
 
 class Upgrade:

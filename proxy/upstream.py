@@ -19,8 +19,9 @@ from .errors import PoolExhausted, UpstreamConnectError, UpstreamProtocolError, 
 
 # Body bytes queued per connection before we stop reading from the upstream socket (a client
 # slower than its upstream): the per-exchange bound is this plus one socket read (<= 256 KiB).
-_HIGH_WATER = 256 * 1024
-_LOW_WATER = 64 * 1024
+_HIGH_WATER = 32 * 1024
+_LOW_WATER = 8 * 1024
+_RCVBUF = 16 * 1024
 _MAX_HEAD_BYTES = 64 * 1024   # response header fields; llhttp itself sets no limit
 
 
@@ -479,6 +480,9 @@ class UpstreamPool:
         if sock is not None:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # bounds one read (and what the kernel holds for us) to ~2x this: with _HIGH_WATER
+                # it is what an exchange can hold of an answer its client is slow to take
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
             except OSError:
                 pass
         self.busy.add(conn)

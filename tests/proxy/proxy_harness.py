@@ -189,6 +189,7 @@ class FaultUpstream:
         self.probe_status = 200
         self.probe_delay = 0.0
         self.probe_calls: list[dict] = []
+        self._blobs: dict[int, bytes] = {}
 
     @property
     def url(self) -> str:
@@ -283,6 +284,14 @@ class FaultUpstream:
             left -= k
         await resp.write_eof()
         return resp
+
+    async def h_blob(self, request):
+        """GET /blob/N: N bytes from a cache (cheap to serve many times at once)."""
+        n = int(request.match_info["tail"].split("/")[1])
+        body = self._blobs.get(n)
+        if body is None:
+            body = self._blobs[n] = b"b" * n
+        return web.Response(body=body, content_type="application/octet-stream")
 
     async def h_sse(self, request):
         """SSE: ?events=N&interval=S&heartbeat=S&hb_only_after=K&error=1&ctype=...&size=B"""

@@ -1,0 +1,160 @@
+"""Fast in-process tests of the pure parts: the classifier, the SSE scanner, the route table, the
+retry budget, the buffer budget. Time is injected where it matters; nothing here opens a socket."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from proxy import config as C
+from proxy import errors as E
+from proxy.exchange import Exchange
+from proxy.forward import BufferBudget
+from proxy.outcome import IDEMPOTENT, culprit, ending, retryable, upstream_failed
+from proxy.policies.retry import RetryBudget
+from proxy.routes import LANGGRAPH_ROUTES, RouteTable
+from proxy.sse import SSEScanner
+
+
+def ex_(method="GET", status=200, headers_sent=False, error=None, run_outcome=None, sent_any=True):
+    ex = Exchange("rid", method, "/x", 0.0)
+    ex.status, ex.headers_sent, ex.error, ex.run_outcome, ex.sent_any = status, headers_sent, error, run_outcome, sent_any
+    return ex
+
+
+# ---------------------------------------------------------------- who failed?
+PROXY_OWN = [E.Shed("concurrency", "m"), E.PoolExhausted("m"), E.BreakerOpen("upstream", 3), E.ShuttingDown(),
+             RuntimeError("a bug")]
+CLIENT_OWN = [E.ClientGone(), E.ClientTimeout(), E.ClientSlow("client_write", "m"), E.BodyTooLarge(),
+              E.BadRequest(), E.HeadersTooLarge(), E.VersionNotSupported(), asyncio.CancelledError()]
+UPSTREAM_OWN = [E.UpstreamConnectError(), E.UpstreamReset(), E.UpstreamProtocolError(), E.UpstreamTimeout("idle"),
+                E.UpstreamTimeout("connect")]
+
+
+@pytest.mark.parametrize("exc", PROXY_OWN + CLIENT_OWN)
+def test_the_proxys_and_the_clients_doing_is_never_an_upstream_failure(exc):
+    assert culprit(exc) in ("proxy", "client")
+    assert not upstream_failed(ex_(status=503), exc, frozenset({502, 503, 504}), True)
+    assert not retryable(ex_(), exc, body_resendable=True)
+
+
+@pytest.mark.parametrize("exc", UPSTREAM_OWN)
+def test_upstream_failures_feed_the_breaker(exc):
+    assert culprit(exc) == "upstream"
+    assert upstream_failed(ex_(), exc, frozenset(), False)
+
+
+def test_statuses_and_run_errors_count_only_as_configured():
+    assert upstream_failed(ex_(status=502), None, frozenset({502}), False)
+    assert not upstream_failed(ex_(status=500), None, frozenset({502}), False)
+    assert upstream_failed(ex_(run_outcome="run_error"), None, frozenset(), True)
+    assert not upstream_failed(ex_(run_outcome="run_error"), None, frozenset(), False)
+    # a stream the upstream broke after its headers; a stream a slow client got cut from
+    assert upstream_failed(ex_(headers_sent=True, error=E.UpstreamReset()), None, frozenset(), False)
+    assert not upstream_failed(ex_(headers_sent=True, error=E.ClientSlow("client_write", "m")), None, frozenset(), False)
+
+
+def test_retry_only_what_cannot_run_twice():
+    assert retryable(ex_("POST"), E.UpstreamConnectError(), body_resendable=True)    # nothing was sent
+    assert retryable(ex_("POST", sent_any=False), E.UpstreamTimeout("connect"), body_resendable=False)
+    assert not retryable(ex_("POST"), E.UpstreamConnectError(), body_resendable=False)  # a streamed body is gone
+    assert not retryable(ex_("POST"), E.UpstreamReset(), body_resendable=True)       # it may have run
+    assert retryable(ex_("GET"), E.UpstreamReset(), body_resendable=True)
+    assert not retryable(ex_("GET"), E.UpstreamTimeout("first_byte"), body_resendable=True)  # slow now, slow again
+    assert IDEMPOTENT >= {"GET", "HEAD", "PUT", "DELETE"} and "POST" not in IDEMPOTENT
+
+
+def test_ending_names_status_outcome_and_who():
+    assert ending(ex_(), None) == (200, "ok", None)
+    assert ending(ex_(), E.PoolExhausted("m")) == (503, "pool_exhausted", "proxy")
+    assert ending(ex_(), asyncio.CancelledError()) == (499, "client_disconnect", "client")
+    assert ending(ex_(headers_sent=True), asyncio.CancelledError()) == (200, "client_disconnect", "client")
+    # cut after the headers: the client got the upstream's status, the label says who cut it
+    assert ending(ex_(headers_sent=True), E.ClientSlow("client_write", "m")) == (200, "client_slow", "client")
+    assert ending(ex_(headers_sent=True, error=E.ShuttingDown()), None) == (200, "shutdown", "proxy")
+    assert ending(ex_(headers_sent=True, error=E.UpstreamTimeout("idle")), None) == (200, "upstream_timeout", "upstream")
+    assert ending(ex_(), RuntimeError("bug")) == (500, "internal_error", "proxy")
+
+
+# ---------------------------------------------------------------- SSE scanner
+STREAM = (b"event: metadata\r\ndata: {\"run_id\": \"r\"}\r\n\r\n"
+          b": heartbeat\r\n\r\n"
+          b"event: values\ndata: {\"a\": 1}\ndata: {\"b\": 2}\n\n"
+          b"data: unnamed\r\n\r\n"
+          b"event: error\r\ndata: {\"error\": \"boom\"}\r\n\r\n")
+
+
+@pytest.mark.parametrize("cut", range(len(STREAM) + 1))
+def test_sse_scanner_counts_the_same_events_wherever_the_stream_is_split(cut):
+    s = SSEScanner()
+    s.feed(STREAM[:cut])
+    s.feed(STREAM[cut:])
+    assert (s.events, s.last_event, s.error_seen, s.mid_event) == (4, "error", True, False)
+
+
+def test_sse_scanner_byte_by_byte_and_mid_event():
+    s = SSEScanner()
+    for i in range(len(STREAM) - 3):
+        s.feed(STREAM[i:i + 1])
+    assert s.events == 3 and s.mid_event and not s.error_seen
+
+
+def test_sse_scanner_never_holds_a_huge_line():
+    s = SSEScanner()
+    s.feed(b"event: values\ndata: ")
+    for _ in range(300):
+        s.feed(b"x" * 10_000)  # a 3 MB data line
+        assert len(s._line) <= 64
+    s.feed(b"\n\n")
+    assert s.events == 1 and s.last_event == "values"
+
+
+# ---------------------------------------------------------------- routes
+def table(**over) -> RouteTable:
+    return RouteTable(C.parse(over, env={}))
+
+
+def test_route_table_first_match_methods_and_other():
+    t = table(routes=[{"name": "mine", "path": "/threads/{thread_id}/runs/stream", "methods": ["POST"]}])
+    assert t.match("POST", "/threads/abc/runs/stream").name == "mine"
+    assert t.match("POST", "/threads/abc/runs/stream/").name == "mine"
+    assert t.match("GET", "/threads/abc/runs/stream").name != "mine"
+    assert t.match("POST", "/threads/abc/runs/wait").name == "thread_run_wait"
+    assert t.match("GET", "/nope/at/all").name == "other"
+    assert t.match("BREW", "/threads/search").name == "other"  # POST only; an unknown method matches no list
+    assert t.names[-1] == "other" and len(set(t.names)) == len(t.names)
+    assert table(default_routes=False).match("GET", "/threads").name == "other"
+
+
+def test_built_in_routes_are_unique_and_overridable_by_name():
+    names = [r.name for r in LANGGRAPH_ROUTES]
+    assert len(names) == len(set(names))
+    t = table(routes=[{"name": "threads", "path": "/my/threads", "timeouts": {"request": "1s"}}])
+    assert t.match("GET", "/my/threads").timeouts.request == 1
+    assert t.match("GET", "/threads").name == "other"  # the built-in of that name is replaced
+
+
+def test_route_timeouts_merge_over_the_defaults():
+    t = table(timeouts={"request": "10s", "idle": "5s"},
+              routes=[{"name": "r", "path": "/r", "timeouts": {"idle": "1s", "stream": None}}])
+    tm = t.match("GET", "/r").timeouts
+    assert (tm.request, tm.idle) == (10, 1)
+
+
+# ---------------------------------------------------------------- budgets
+def test_retry_budget_floor_ratio_and_window():
+    now = [1000.0]
+    b = RetryBudget(ratio=0.1, min_per_second=0.3, clock=lambda: now[0])  # floor: 3 per 10 s window
+    assert [b.try_spend() for _ in range(4)] == [True, True, True, False]
+    for _ in range(100):
+        b.request()
+    assert sum(b.try_spend() for _ in range(20)) == 7  # 10% of 100 requests = 10 retries in the window
+    now[0] += 11  # the window moved on
+    assert b.try_spend()
+
+
+def test_buffer_budget_is_a_hard_bound():
+    b = BufferBudget(100)
+    assert b.take(60) and not b.take(41) and b.take(40)
+    b.give(60)
+    assert b.used == 40 and b.take(60) and not b.take(1)

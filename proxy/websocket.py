@@ -62,8 +62,8 @@ class WebSocketRelay:
         ex.upstream_start = monotonic()
         try:
             up = await self.session().ws_connect(
-                self.origin + upstream_target(self, request.raw_path), headers=headers, protocols=protocols, autoping=True,
-                heartbeat=None, max_msg_size=0, compress=0,
+                self.origin + upstream_target(self, request.raw_path), headers=headers, protocols=protocols,
+                autoping=True, heartbeat=None, max_msg_size=0, compress=0,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
                 autoclose=False)
         except aiohttp.WSServerHandshakeError as e:

@@ -89,9 +89,10 @@ def parse_event_id(value: str) -> tuple[int, int]:
 class Subscription:
     """One watcher's view of a run: ``(event, data, id)`` items, then the end of the run."""
 
-    def __init__(self, run: Run, modes: list[str] | None) -> None:
+    def __init__(self, run: Run, modes: list[str] | None, max_queued: int = MAX_QUEUED_EVENTS) -> None:
         self._run = run
         self._modes = modes
+        self._max_queued = max_queued
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
 
     def wants(self, event: str) -> bool:
@@ -104,9 +105,12 @@ class Subscription:
         return event.startswith("messages") and ("messages" in self._modes or "messages-tuple" in self._modes)
 
     def put(self, item: Any) -> None:
-        if item is not _DONE and self.queue.qsize() >= MAX_QUEUED_EVENTS:
-            log.warning("run %s: a watcher fell %d events behind; dropping it", self._run.run_id, MAX_QUEUED_EVENTS)
+        if item is not _DONE and self.queue.qsize() >= self._max_queued:
+            log.warning("run %s: a watcher fell %d events behind; dropping it", self._run.run_id, self._max_queued)
             self.close()
+            # The stream must look cut, not finished; the run itself goes on.
+            error = {"error": "WatcherTooSlow", "message": f"fell {self._max_queued} events behind the run"}
+            self.queue.put_nowait(("error", error, None))
             self.queue.put_nowait(_DONE)
             return
         self.queue.put_nowait(item)
@@ -158,9 +162,11 @@ class Run:
     replay: collections.deque[tuple[str, Any, str]] = field(default_factory=lambda: collections.deque(maxlen=MAX_REPLAY_EVENTS))
     _last_id: tuple[int, int] = (0, 0)
 
-    def subscribe(self, *, last_event_id: str | None = None, modes: list[str] | None = None) -> Subscription:
+    def subscribe(
+        self, *, last_event_id: str | None = None, modes: list[str] | None = None, max_queued: int = MAX_QUEUED_EVENTS
+    ) -> Subscription:
         """Watch the run from now on; with ``last_event_id`` (resumable runs) replay what came after it."""
-        sub = Subscription(self, modes)
+        sub = Subscription(self, modes, max_queued)
         if last_event_id is not None:
             after = parse_event_id(last_event_id)
             for event, data, event_id in self.replay:

@@ -101,3 +101,14 @@ def test_event_ids_sort_like_the_server_and_tolerate_garbage() -> None:
 
     assert parse_event_id("1795737801891-2") > parse_event_id("1795737801891-1") > parse_event_id("0")
     assert parse_event_id("junk") < parse_event_id("0")
+
+
+async def test_a_watcher_that_falls_too_far_behind_is_cut_with_an_error(manager) -> None:
+    runs, store = manager
+    run, _ = await runs.start(spec("SLOW 20", stream_modes=["messages-tuple"]))
+    slow = run.subscribe(max_queued=3)
+    await run.task  # never read while the run produced its events
+    items = [item async for item in _drain(slow)]
+    assert [e for e, _, _ in items] == ["metadata", "messages", "messages", "error"]
+    assert items[-1][1]["error"] == "WatcherTooSlow"
+    assert (await store.get_run(run.run_id))["status"] == "success", "the run itself went on"

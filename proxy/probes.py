@@ -19,6 +19,7 @@ import os
 import random
 import re
 import time
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -149,16 +150,36 @@ class ProbeRunner:
     # Until a probe has passed once (the upstream may still be starting), it is retried after
     # 0.5 s, 1 s, 2 s, ... at most STARTUP_RETRY_MAX (or the interval, if shorter), so a pod turns
     # ready seconds after its agent does, not an interval later. Every retry is a real call,
-    # counted against max_per_hour; once the budget is spent the normal interval applies.
+    # counted against max_per_hour; once the budget is spent, or while the route's breaker is
+    # open (the call would be refused anyway), the normal interval applies. While the upstream
+    # does not even accept TCP connections, no request is sent at all: a starting agent must not
+    # cost LLM calls nor count as breaker failures (which would open the breaker, and an open
+    # breaker refuses the probe: the pod would stay unready until user traffic closed it).
     STARTUP_RETRY_FIRST = 0.5
     STARTUP_RETRY_MAX = 10.0
 
     def next_delay(self, st: ProbeState, result: str, startup_attempt: int) -> float:
         """Seconds until the next run after ``result``; ``startup_attempt`` counts fast retries."""
         cfg = st.cfg
-        if not st.ever_passed and result != "skipped_budget":
+        if not st.ever_passed and result != "skipped_budget" and not self._breaker_open(cfg):
             return min(cfg.interval, self.STARTUP_RETRY_MAX, self.STARTUP_RETRY_FIRST * 2 ** startup_attempt)
         return cfg.interval * (1 + random.uniform(-cfg.jitter, cfg.jitter))
+
+    def _breaker_open(self, cfg) -> bool:
+        br = self.rt.breakers.get(self._route(cfg).breaker)
+        return br is not None and br.state == "open"
+
+    async def upstream_accepts(self) -> bool:
+        """A bare TCP connect to the upstream: no request, no LLM call, no breaker verdict."""
+        up = self.rt.cfg.upstream
+        u = urlsplit(up.url)
+        try:
+            async with asyncio.timeout(up.connect_timeout):
+                _, writer = await asyncio.open_connection(u.hostname, u.port or (443 if u.scheme == "https" else 80))
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        return True
 
     async def _loop(self, st: ProbeState) -> None:
         m = self.rt.metrics
@@ -166,6 +187,12 @@ class ProbeRunner:
         attempt = 0
         while True:
             cfg = st.cfg
+            if not st.ever_passed and not await self.upstream_accepts():
+                st.last_run = time.time()
+                st.last_error = "the upstream does not accept connections yet (no probe sent)"
+                await self.sleep(min(cfg.interval, self.STARTUP_RETRY_MAX, self.STARTUP_RETRY_FIRST * 2 ** attempt))
+                attempt += 1
+                continue
             result = "crashed"
             try:
                 result = await self.run_once(st)

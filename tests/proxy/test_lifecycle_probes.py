@@ -1,5 +1,6 @@
 """Start-up: until a probe has passed once it is retried fast (bounded, within max_per_hour), so the
-pod turns ready seconds after its upstream does, not an interval later; no stale errors shown."""
+pod turns ready seconds after its upstream does, not an interval later; while the upstream does
+not accept connections no request is sent (no LLM cost, no breaker failures); no stale errors."""
 from __future__ import annotations
 
 import asyncio
@@ -25,9 +26,13 @@ async def ready_status(session, p) -> int:
 
 async def test_ready_soon_after_a_late_upstream(make_proxy, session):
     port = free_port()
-    p = proxy_for(make_proxy, f"http://127.0.0.1:{port}")
-    assert await ready_status(session, p) == 503
-    await asyncio.sleep(1.2)           # the agent is still starting
+    p = make_proxy(f"http://127.0.0.1:{port}", {"probes": [PROBE], "readiness": {"require_probes": ["agent_pong"]},
+                                                 "upstream": {"connect_timeout": "200ms"}})   # breaker enabled
+    await asyncio.sleep(1.5)           # the agent is still starting
+    async with session.get(p.admin + "/readyz") as r:
+        assert r.status == 503
+        check = [c for c in (await r.json())["checks"] if c["name"] == "probe:agent_pong"][0]
+    assert check["state"] == "pending" and "does not accept connections" in check["last_error"]
     up = await FaultUpstream().start(port)
     try:
         t0 = time.monotonic()
@@ -35,18 +40,38 @@ async def test_ready_soon_after_a_late_upstream(make_proxy, session):
             assert time.monotonic() - t0 < 6, "not ready within the bounded backoff (interval is 60 s)"
             await asyncio.sleep(0.05)
         s = await scrape(p.admin)
+        # one real call, once the agent listened: nothing was sent (or paid, or held against the
+        # breaker) while it was starting
         assert metric(s, "sidecar_probe_runs_total", probe="agent_pong", result="passed") == 1
-        assert metric(s, "sidecar_probe_runs_total", probe="agent_pong") >= 3   # each retry is a real, counted call
+        assert metric(s, "sidecar_probe_runs_total", probe="agent_pong") == 1
+        assert len(up.probe_calls) == 1
+        async with session.get(p.admin + "/status") as r:
+            assert (await r.json())["breakers"]["upstream"]["state"] == "closed"
     finally:
         await up.stop()
-    # failures before the first pass are expected at start-up: info, not a warning
     lines = [x for x in p.log_lines() if x.get("logger") == "proxy.probes"]
     assert not [x for x in lines if x["level"] == "warning"], lines
+
+
+async def test_first_failures_are_retried_fast_and_quietly(upstream, make_proxy, session):
+    upstream.probe_answer = "not yet"
+    p = proxy_for(make_proxy, upstream.url)
+    await asyncio.sleep(1.8)           # calls at 0 s, 0.5 s, 1.5 s
+    upstream.probe_answer = "PONG"
+    t0 = time.monotonic()
+    while await ready_status(session, p) != 200:
+        assert time.monotonic() - t0 < 4, "the next fast retry (at 3.5 s) should have passed"
+        await asyncio.sleep(0.05)
+    s = await scrape(p.admin)
+    assert metric(s, "sidecar_probe_runs_total", probe="agent_pong", result="failed") >= 3
+    lines = [x for x in p.log_lines() if x.get("logger") == "proxy.probes"]
+    assert not [x for x in lines if x["level"] == "warning"], "failures before the first pass are not warnings"
     assert any(x["message"] == "probe not passing yet (retrying soon)" for x in lines)
 
 
-async def test_fast_retries_count_against_max_per_hour(make_proxy, session):
-    p = proxy_for(make_proxy, f"http://127.0.0.1:{free_port()}", max_per_hour=3)
+async def test_fast_retries_count_against_max_per_hour(upstream, make_proxy, session):
+    upstream.probe_status = 500
+    p = proxy_for(make_proxy, upstream.url, max_per_hour=3)
     await asyncio.sleep(4.5)           # retries at 0 s, 0.5 s, 1.5 s; the 4th (3.5 s) is over budget
     s = await scrape(p.admin)
     calls = sum(v for (name, labels), v in s.items() if name == "sidecar_probe_runs_total"

@@ -55,8 +55,12 @@ async def test_grace_period_cuts_streams_that_outlive_it(upstream, make_proxy, s
     await resp.content.readuntil(b"\r\n\r\n")
     t0 = time.monotonic()
     p.signal(signal.SIGTERM)
+    data = b""
+    # cut, and it must look cut (DESIGN: no final chunk), with a last SSE error event saying why
     with pytest.raises(aiohttp.ClientPayloadError):
-        await resp.read()
+        async for chunk in resp.content.iter_any():
+            data += chunk
+    assert b"event: error" in data and b'"error": "shutdown"' in data, data[-300:]
     assert await asyncio.to_thread(p.proc.wait, 10) == 0
     assert time.monotonic() - t0 < 5
 

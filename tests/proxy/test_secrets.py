@@ -3,12 +3,14 @@ appears in no log line (level debug), /status, /readyz, /metrics, --check output
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import subprocess
 import sys
 
 import yaml
 
+from proxy import config as C
 from proxy_harness import ROOT, wait_metric
 
 SECRET = "S3cr3t-value-42"            # from the environment
@@ -36,6 +38,9 @@ def secret_config(upstream_port: int) -> dict:
              "expect": {"status": 200}},
         ],
         "readiness": {"require_probes": ["failing_probe"]},
+        # exporter credentials, where the schema has them (no endpoint: nothing is exported)
+        **({"tracing": {"otlp_headers": {"Authorization": "Bearer ${SIDECAR_SECRET}"}}}
+           if "tracing" in {f.name for f in dataclasses.fields(C.Config)} else {}),
     }
 
 
@@ -102,7 +107,6 @@ async def test_secrets_are_redacted_everywhere(upstream, make_proxy, session, tm
 
 
 def test_summary_and_errors_redact_before_shortening():
-    from proxy import config as C
     long_secret = "x" * 80 + "-tail"
     try:
         C.parse({"upstream": {"connect_timeout": "${LONG}"}}, env={"LONG": long_secret})

@@ -72,7 +72,8 @@ class Runner:
         proxy, agent = self.procs.get("proxy"), self.procs.get("agent")
         if proxy is not None:
             if proxy.poll() is None and not self.signals:
-                self.on_signal(signal.SIGTERM, None)
+                self.signals = 1          # our own stop (--smoke, a dead agent): a Ctrl-C now cuts
+                proxy.send_signal(signal.SIGTERM)
             while proxy.poll() is None:   # no timeout: the proxy's shutdown_grace bounds it, Ctrl-C cuts
                 time.sleep(0.1)
         if agent is not None and agent.poll() is None:

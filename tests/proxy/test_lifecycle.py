@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 import yaml
 
-from proxy_harness import metric, scrape, wait_metric
+from proxy_harness import metric, read_cut, scrape, wait_metric
 
 
 async def _read_events(resp) -> list[bytes]:
@@ -60,6 +60,7 @@ async def test_grace_period_cuts_streams_that_outlive_it(upstream, make_proxy, s
     with pytest.raises(aiohttp.ClientPayloadError):
         async for chunk in resp.content.iter_any():
             data += chunk
+    resp.close()
     assert b"event: error" in data and b'"error": "shutdown"' in data, data[-300:]
     assert await asyncio.to_thread(p.proc.wait, 10) == 0
     assert time.monotonic() - t0 < 5
@@ -106,7 +107,7 @@ async def test_config_file_change_reloads_and_stream_keeps_its_settings(upstream
     assert metric(s, "sidecar_config_reloads_total", result="success") >= 1
     # a new stream gets the new idle timeout
     async with session.get(p.url + "/sse?events=3&interval=0.5") as r:
-        body = await r.read()
+        body = await read_cut(r)
     assert b"event: error" in body and b"idle" in body
 
 

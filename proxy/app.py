@@ -16,6 +16,7 @@ from .accept import GuardedAppRunner, make_server
 from .exchange import Exchange
 from .forward import BufferBudget, Forwarder
 from .langgraph import RunCanceller, RunTracker
+from .llm import LLMTelemetry
 from .layers import Deliver, Errors, LayerEntry, RequestId, RouteMatch, TargetCheck, Upgrade
 from .metrics import Metrics
 from .policies.breaker import Breaker, BreakerPolicy
@@ -24,6 +25,7 @@ from .policies.limits import Counts, Limits
 from .policies.retry import Retry, RetryBudget
 from .probes import PendingProbe, ProbeRunner
 from .routes import RouteTable
+from .tracing import SpanExporter
 from .telemetry import AccessLog, Telemetry
 from .upstream import UpstreamPool
 from .websocket import WebSocketRelay
@@ -46,14 +48,14 @@ class Pipeline:
         m = rt.metrics
         forward = Forwarder(rt.pool, limits=cfg.limits, server=cfg.server,
                             deadline_header=cfg.timeouts.deadline_header,
-                            on_client_gone=rt.canceller.cancel_later, run_tracker=RunTracker(),
-                            metrics=m, buffers=rt.buffers)
+                            on_client_gone=rt.canceller.cancel_later, run_tracker=RunTracker(rt.pool),
+                            metrics=m, buffers=rt.buffers, llm=rt.llm)
 
         # The request path, outermost first: (name, layer class, its settings). Each layer is
         # ``cls(next_handler, **settings)``; see the Handler contract in proxy/layers.py.
         layers: list[LayerEntry] = [
             # first, so every later error body and log line carries the id
-            ("request_id", RequestId, {"probes": rt.pending_probes}),
+            ("request_id", RequestId, {"probes": rt.pending_probes, "tracing": cfg.tracing}),
             # before telemetry, because metrics and logs are labelled by the route template
             ("route", RouteMatch, {"table": self.table}),
             # every failure below becomes the one JSON error shape (or a clean abort mid-stream)
@@ -61,7 +63,7 @@ class Pipeline:
             # inside errors, so it counts the status the client gets, sheds and timeouts included
             ("telemetry", Telemetry, {"metrics": m, "access_log": rt.access_log if cfg.logging.access_log else None,
                                       "exemplars": cfg.metrics.exemplars, "on_success": rt.note_success,
-                                      "on_probe": rt.probe_finished}),
+                                      "on_probe": rt.probe_finished, "exporter": rt.exporter}),
             # inside telemetry, so refused targets are counted; before anything is spent on them
             ("target_check", TargetCheck, {}),
             # outside the limits: a whole answer is written to a slow reader after its slot and
@@ -121,6 +123,8 @@ class Runtime:
         self.breakers: dict[str, Breaker] = {}
         self.counts = Counts()
         self.buffers = BufferBudget(cfg.limits.max_buffered_bytes)
+        self.llm = LLMTelemetry(cfg.llm, self.metrics)
+        self.exporter = SpanExporter(cfg.tracing, __version__) if cfg.tracing.enabled and cfg.tracing.otlp_endpoint else None
         self._budget: RetryBudget | None = None
         self.state = "starting"          # starting → ready → draining
         self.active = 0                  # requests in flight (drain waits for 0)
@@ -177,6 +181,7 @@ class Runtime:
         """Swap in a new config; returns what needs a restart to take effect."""
         needs_restart = C.restart_changes(self.cfg, cfg)  # the keys marked restart=True in config.py
         self.buffers.limit = cfg.limits.max_buffered_bytes
+        self.llm.configure(cfg.llm)
         if cfg.upstream.url == self.cfg.upstream.url:
             # same upstream: keep the pool and its connections, apply the new sizes in place
             p = self.pool

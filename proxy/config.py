@@ -20,6 +20,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .llm import LLMConfig
+from .tracing import TracingConfig
+
 
 class ConfigError(Exception):
     """Raised with every problem found; ``problems`` is a list of ``"key.path: message"``."""
@@ -304,6 +307,8 @@ class Config:
     retries: RetriesConfig = field(default_factory=RetriesConfig)
     probes: tuple[ProbeConfig, ...] = ()
     readiness: ReadinessConfig = field(default_factory=ReadinessConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)               # token usage, TTFT, cost (proxy/llm.py)
+    tracing: TracingConfig = field(default_factory=TracingConfig)   # W3C trace context, OTLP (proxy/tracing.py)
     # not a YAML key: every string that must never be shown (see :func:`redact`), filled by the loader
     secrets: frozenset = field(default=frozenset(), repr=False, compare=False, metadata={"internal": True})
 
@@ -504,6 +509,10 @@ def _semantic_checks(cfg: Config, fail) -> None:
     range error is reported next to a type error elsewhere; every check looks at types first."""
     if not isinstance(cfg, Config):
         return
+    if isinstance(cfg.llm, LLMConfig):
+        cfg.llm.validate("llm", fail)
+    if isinstance(cfg.tracing, TracingConfig):
+        cfg.tracing.validate("tracing", fail)
     _bounds_checks(cfg, fail)
     s, up = cfg.server, cfg.upstream
     if isinstance(s, ServerConfig) and isinstance(s.listen, str) and isinstance(s.admin_listen, str):

@@ -14,7 +14,7 @@ class Exchange:
                  "ttfb", "status", "error", "req_bytes", "resp_bytes", "headers_sent",
                  "is_stream", "events", "first_event", "run_outcome", "content_location",
                  "probe", "attempts", "sent_any", "deadline", "client_ip", "body", "buffered",
-                 "answer", "on_stream_start")
+                 "answer", "on_stream_start", "trace", "llm", "run_intent")
 
     def __init__(self, request_id: str, method: str, path: str, start: float, probe: str | None = None):
         self.request_id = request_id
@@ -44,3 +44,6 @@ class Exchange:
         self.buffered = 0              # bytes of a whole answer held (BufferBudget) until delivered
         self.answer = None             # that answer's chunks (a deque), written out by the deliver layer
         self.on_stream_start = None    # called once at a stream's first event (the breaker's success)
+        self.trace = None              # proxy.tracing.TraceContext (W3C trace context), when tracing is on
+        self.llm = None                # proxy.llm.LLMUsage of a LangGraph run exchange, when llm is on
+        self.run_intent = None         # langgraph.DisconnectIntent of a streamed run request body

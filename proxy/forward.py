@@ -22,6 +22,7 @@ from aiohttp import web
 from . import errors as E
 from .exchange import Exchange
 from .headers import DOWN_STRIP, URL_HEADERS, client_host, client_url, connection_tokens, upstream_head
+from .langgraph import DisconnectIntent
 from .outcome import IDEMPOTENT, count_failure
 from .sse import SSEScanner
 from .upstream import UpstreamConnection, UpstreamPool
@@ -80,7 +81,8 @@ class Forwarder:
     """
 
     def __init__(self, pool: UpstreamPool, *, limits, server, deadline_header: str | None = None,
-                 on_client_gone=None, run_tracker=None, metrics=None, buffers: BufferBudget | None = None):
+                 on_client_gone=None, run_tracker=None, metrics=None, buffers: BufferBudget | None = None,
+                 llm=None):
         self.pool = pool
         self.loop = pool.loop
         self.max_body = limits.max_body_bytes
@@ -93,6 +95,7 @@ class Forwarder:
         self.metrics = metrics
         self.streams_gauge = metrics.in_flight_streams if metrics is not None else None
         self.buffers = buffers
+        self.llm = llm  # proxy.llm.LLMTelemetry: token usage read off run answers as they pass
 
     # ---------------------------------------------------------------- request side
     async def _read_small_body(self, request) -> bytes:
@@ -138,6 +141,8 @@ class Forwarder:
                 if conn.done:  # the upstream answered (or failed) before taking the whole body
                     conn.keep_alive = False
                     break
+                if ex.run_intent is not None:
+                    ex.run_intent.feed(chunk)
                 if chunked:
                     conn.write_body(b"%x\r\n" % len(chunk))
                     conn.write_body(chunk)
@@ -172,10 +177,13 @@ class Forwarder:
             ex.req_bytes = len(body)
         elif stream_body and ex.body is not None:
             raise E.BadRequest("request body was already consumed by an earlier attempt")
-        extra = None
+        extra = ex.trace.upstream_headers() if ex.trace is not None else None
         if self.deadline_header is not None and ex.deadline is not None:
             remaining = max(0, int((ex.deadline - self.loop.time()) * 1000))
-            extra = [(self.deadline_header, str(remaining).encode())]
+            extra = (extra or []) + [(self.deadline_header, str(remaining).encode())]
+        if route.run_kind is not None and self.llm is not None and ex.llm is None:
+            ex.llm = self.llm.exchange(route.name, ex.start, request_body=ex.body,
+                                       exemplar=ex.trace.exemplar() if ex.trace is not None else None)
         head = upstream_head(method, request.raw_path, request.raw_headers,
                              upstream=self.pool, preserve_host=route.preserve_host, request_id=ex.request_id,
                              client_ip=ex.client_ip, proto=request.scheme, body_framing=framing,
@@ -202,6 +210,8 @@ class Forwarder:
                 if stream_body:
                     # full duplex: the body goes up while we wait for (and then relay) the answer,
                     # so an upstream that answers as it reads never deadlocks against us
+                    if route.cancel_on_disconnect:
+                        ex.run_intent = DisconnectIntent()  # the client's own choice, read as it streams
                     pump = self.loop.create_task(self._send_body(request, conn, ex, framing.startswith(b"Transfer")))
                     await asyncio.wait((pump, conn.hdr_fut), return_when=asyncio.FIRST_COMPLETED)
                     if pump.done() and pump.exception() is not None:
@@ -232,13 +242,18 @@ class Forwarder:
                 self.pool.release(conn)
                 raise
         try:
-            return await self._respond(request, ex, conn, status, raw)
+            resp = await self._respond(request, ex, conn, status, raw)
         finally:
             if pump is not None and not pump.done():
                 # the upstream answered before taking the whole body: the connection is spent
                 conn.abort()
                 await _stop(pump)
             self.pool.release(conn)
+        if ex.run_outcome == "success" and ex.is_stream and self.run_tracker is not None:
+            # a stream that ended cleanly may still be an interrupted run (its client already has
+            # the whole answer; only the run outcome waits for this one status read)
+            await self.run_tracker.confirm(ex)
+        return resp
 
     async def _respond(self, request, ex: Exchange, conn: UpstreamConnection, status: int, raw) -> web.StreamResponse:
         loop = self.loop
@@ -291,6 +306,11 @@ class Forwarder:
             ex.upstream_time = monotonic() - ex.upstream_start
             ex.resp_bytes = clen
             ex.answer = parts
+            usage = ex.llm
+            if usage is not None:
+                for chunk in parts:
+                    usage.feed_body(chunk)
+                usage.end_body()
             if tracker is not None:
                 head = None
                 for chunk in parts:
@@ -312,10 +332,10 @@ class Forwarder:
             gauge = self.streams_gauge
             if gauge is not None:
                 gauge.inc()
-            scanner = SSEScanner()
-            t = route.timeouts
-            conn.set_stream_timeouts(total=t.stream, total_kind="stream", idle=t.idle,
-                                     event_idle=t.event_idle)
+            scanner = SSEScanner(ex.llm)
+        limits = route.body_timeouts(sse)  # after the headers: the route's timeout class decides
+        if limits is not None:
+            conn.set_stream_timeouts(**limits)
         try:
             ex.headers_sent = True
             await resp.prepare(request)
@@ -326,6 +346,7 @@ class Forwarder:
         writer = request.writer
         proto = writer.protocol
         write_timeout = self.write_timeout
+        usage = ex.llm if scanner is None else None  # a streamed (padded) wait answer
         sent = 0
         head_bytes = None
         completed = False
@@ -340,8 +361,11 @@ class Forwarder:
                         ex.first_event = monotonic() - ex.start
                         if ex.on_stream_start is not None:
                             ex.on_stream_start(ex)
-                elif tracker is not None and head_bytes is None:
-                    head_bytes = tracker.body_head(chunk)
+                elif tracker is not None:
+                    if head_bytes is None:
+                        head_bytes = tracker.body_head(chunk)
+                    if usage is not None:
+                        usage.feed_body(chunk)
                 sent += len(chunk)
                 await writer.write(chunk, drain=False)
                 if proto.writing_paused:
@@ -362,8 +386,9 @@ class Forwarder:
             if route.cancel_on_disconnect and self.on_client_gone is not None:
                 self.on_client_gone(ex)
         except E.ProxyError as e:
-            # the upstream failed (or the proxy's shutdown cut it) after the client got
-            # headers: end the answer unmistakably
+            # the upstream failed (or the proxy's shutdown cut it) after the client got headers:
+            # end the answer unmistakably. An SSE client first gets a last `event: error` saying
+            # why; then every cut answer ends without its final chunk (DESIGN: it must look cut)
             ex.upstream_time = monotonic() - ex.upstream_start
             ex.error = e
             if scanner is not None:
@@ -373,18 +398,12 @@ class Forwarder:
                     await writer.write(prefix + E.sse_error_event(e.type, str(e), ex.request_id), drain=False)
                     if proto.writing_paused:
                         await self._drain(writer, conn, write_timeout)
-                    if clen is not None:
-                        # a declared length we cannot reach: only a cut connection says so
-                        raise ConnectionResetError
-                    await resp.write_eof()
                 except (E.ClientSlow, *_CLIENT_GONE):
-                    tr = request.transport
-                    if tr is not None:
-                        tr.abort()
-            else:
-                tr = request.transport
-                if tr is not None:
-                    tr.abort()
+                    pass
+            tr = request.transport
+            if tr is not None:
+                # close after the bytes already queued (the error event) are sent, never with a final chunk
+                tr.close()
         except _CLIENT_GONE:
             if route.cancel_on_disconnect and self.on_client_gone is not None:
                 self.on_client_gone(ex)
@@ -404,6 +423,8 @@ class Forwarder:
                     tracker.stream_end(ex, scanner)
                 elif head_bytes is not None:
                     tracker.wait_body(ex, head_bytes)
+                if usage is not None:
+                    usage.end_body()
         return resp
 
     async def _drain(self, writer, conn: UpstreamConnection, write_timeout: float) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from . import errors as E
 from .exchange import Exchange
 from .headers import request_id_from
+from .tracing import from_headers
 from .websocket import is_upgrade
 
 # The contract of every layer and of the forwarder: take the request and its Exchange, return the
@@ -31,14 +32,18 @@ class RequestId:
     and back, the error layer puts it in every error body. A request whose id a probe of this
     process registered (random, single use) is marked as that probe's exchange."""
 
-    def __init__(self, next_handler: Handler, probes: dict):
+    def __init__(self, next_handler: Handler, probes: dict, tracing=None):
         self.next = next_handler
         self.probes = probes
+        self.sample_ratio = tracing.sample_ratio if tracing is not None and tracing.enabled else None
 
     async def __call__(self, request, ex):
         ex.request_id = rid = request_id_from(request.raw_headers)
         if self.probes and rid in self.probes:
             ex.probe = self.probes[rid].probe_name
+        if self.sample_ratio is not None:
+            # the client's W3C trace continued (or one started): sent upstream, logged, exemplars
+            ex.trace = from_headers(request.headers, self.sample_ratio)
         peer = request.transport.get_extra_info("peername") if request.transport is not None else None
         ex.client_ip = peer[0] if peer else None
         return await self.next(request, ex)

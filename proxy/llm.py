@@ -55,7 +55,7 @@ from typing import Any, Optional
 
 from prometheus_client import Counter, Histogram
 
-from .metrics import LATENCY_BUCKETS
+from .metrics import TABLE as METRICS_TABLE
 from .sse import event_data, find_in, rfind_in
 
 try:  # faster when present (it comes with langgraph); the stdlib parser otherwise
@@ -111,18 +111,9 @@ class LLMConfig:
 
 # ---- metrics: entries in proxy.metrics.TABLE's format (name suffix, kind, help, labels, kwargs) ----
 
-# Per-token latencies: a fast model streams a token every few ms, a loaded one every few hundred.
-TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5)
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_write")
-
-TABLE = (
-    ("llm_tokens_total", Counter, "LLM tokens the agent used, read from its stream or answer; cache_read and cache_write are part of input.", ("type", "model", "route"), {}),
-    ("llm_calls_total", Counter, "LLM calls seen, each once whatever the stream modes.", ("model", "route"), {}),
-    ("llm_time_to_first_token_seconds", Histogram, "SSE: time from request to the first messages event with model output.", ("route",), {"buckets": LATENCY_BUCKETS}),
-    ("llm_time_per_output_token_seconds", Histogram, "SSE: stream time after the first token divided by the output tokens.", ("route",), {"buckets": TPOT_BUCKETS}),
-    ("llm_cost_total", Counter, "LLM cost from the llm.prices table, in the currency it is written in (priced models only).", ("model", "route"), {}),
-    ("llm_events_unparsed_total", Counter, "Inspected events or wait answers whose usage could not be read (too big, bad JSON, not attributable); forwarded untouched.", ("route",), {}),
-)
+# the llm_* entries of proxy.metrics.TABLE (declared there, with every other metric)
+TABLE = tuple(e for e in METRICS_TABLE if e[0].startswith("llm_"))
 
 
 class LLMMetrics:

@@ -13,6 +13,8 @@ from prometheus_client import (CollectorRegistry, disable_created_metrics, Count
 
 # Fits LLM agents: a cached /ok in milliseconds, a tool-using run in minutes.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+# Per-token latencies: a fast model streams a token every few ms, a loaded one every few hundred.
+TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -27,7 +29,7 @@ SHED_REASONS = ("concurrency", "streams", "connections", "slow_client", "body_to
 RUN_OUTCOMES = ("success", "run_error", "cancelled", "client_disconnect", "upstream_error", "interrupted",
                 "unknown")
 PROBE_RESULTS = ("passed", "failed", "timeout", "skipped_passive", "skipped_budget")
-RUN_CANCEL_RESULTS = ("cancelled", "not_found", "failed", "no_run_id")
+RUN_CANCEL_RESULTS = ("cancelled", "not_found", "failed", "no_run_id", "kept", "stateless")
 RELOAD_RESULTS = ("success", "failure")
 BREAKER_STATES = ("closed", "half-open", "open")
 # limits exported as sidecar_limit{name}: what a saturation ratio divides by (see configure())
@@ -67,6 +69,13 @@ TABLE = (
     ("probe_runs_total", Counter, "Probe runs by result.", ("probe", "result"), {}),
     ("probe_last_success_timestamp_seconds", Gauge, "Unix time of the probe's last pass.", ("probe",), {}),
     ("probe_time_to_first_event_seconds", Histogram, "Streaming probe: time to its first SSE event.", ("probe",), {"buckets": LATENCY_BUCKETS}),
+    # LLM usage read off the agent's stream (proxy/llm.py)
+    ("llm_tokens_total", Counter, "LLM tokens the agent used, read from its stream or answer; cache_read and cache_write are part of input.", ("type", "model", "route"), {}),
+    ("llm_calls_total", Counter, "LLM calls seen, each once whatever the stream modes.", ("model", "route"), {}),
+    ("llm_time_to_first_token_seconds", Histogram, "SSE: time from request to the first messages event with model output.", ("route",), {"buckets": LATENCY_BUCKETS}),
+    ("llm_time_per_output_token_seconds", Histogram, "SSE: stream time after the first token divided by the output tokens.", ("route",), {"buckets": TPOT_BUCKETS}),
+    ("llm_cost_total", Counter, "LLM cost from the llm.prices table, in the currency it is written in (priced models only).", ("model", "route"), {}),
+    ("llm_events_unparsed_total", Counter, "Inspected events or wait answers whose usage could not be read (too big, bad JSON, not attributable); forwarded untouched.", ("route",), {}),
     ("limit", Gauge, "Configured limits, by config key (max_concurrent_streams only when set); saturation = usage / limit.", ("name",), {}),
 )
 

@@ -11,7 +11,10 @@ import sys
 import time
 
 from . import errors as E
+from .headers import log_escape
+from .langgraph import run_ref
 from .outcome import count_failure, ending
+from .tracing import RunInfo
 
 _STREAM_OUTCOME = {"idle": "idle_timeout", "event_idle": "event_idle_timeout", "stream": "stream_timeout"}
 
@@ -44,23 +47,27 @@ class AccessLog:
         except (OSError, ValueError):
             pass
 
-    def write(self, ex, status: int, duration: float, outcome: str, who: str | None, probe: str | None) -> None:
+    def write(self, ex, status: int, duration: float, outcome: str, who: str | None, probe: str | None,
+              llm=None) -> None:
         method = ex.method if ex.method.isalpha() and len(ex.method) < 16 else json.dumps(ex.method)[1:-1]
         route = ex.route.name if ex.route is not None else "other"
         up = f"{ex.upstream_time:.6f}" if ex.upstream_time else "null"
         ttfb = f"{ex.ttfb:.6f}" if ex.ttfb is not None else "null"
         ended = "null" if who is None else f'"{who}"'
         if self.fmt == "json":
-            line = (f'{{"time":{time.time():.3f},"type":"access","request_id":"{ex.request_id}",'
+            line = (f'{{"time":{time.time():.3f},"type":"access","request_id":"{log_escape(ex.request_id)}",'
                     f'"method":"{method}","route":"{route}","status":{status},"duration":{duration:.6f},'
                     f'"upstream_duration":{up},"ttfb":{ttfb},"request_bytes":{ex.req_bytes},'
                     f'"response_bytes":{ex.resp_bytes},"outcome":"{outcome}",'
                     f'"ended_by":{ended},"attempts":{ex.attempts}'
                     + (f',"events":{ex.events}' if ex.is_stream else "")
                     + (f',"run":"{ex.run_outcome}"' if ex.run_outcome else "")
+                    + (f',"trace_id":"{ex.trace.trace_id}"' if ex.trace is not None else "")
+                    + (f',"input_tokens":{llm.input_tokens},"output_tokens":{llm.output_tokens}'
+                       + (f',"ttft":{llm.ttft:.6f}' if llm.ttft is not None else "") if llm is not None and llm.calls else "")
                     + (f',"probe":"{probe}"' if probe else "") + "}\n")
         else:
-            line = (f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {ex.request_id} {method} {route} {status} "
+            line = (f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {log_escape(ex.request_id, quote=True)} {method} {route} {status} "
                     f"{duration * 1000:.1f}ms up={up} bytes={ex.req_bytes}/{ex.resp_bytes} {outcome} ended_by={who or '-'}\n")
         try:
             self.out.write(line)
@@ -73,13 +80,14 @@ class Telemetry:
     comes from :func:`proxy.outcome.ending`, the one classifier."""
 
     def __init__(self, next_handler, *, metrics, access_log: AccessLog | None, exemplars: bool = False,
-                 on_success=None, on_probe=None):
+                 on_success=None, on_probe=None, exporter=None):
         self.next = next_handler
         self.m = metrics
         self.access_log = access_log
         self.exemplars = exemplars
         self.on_success = on_success  # passive health for probes: route name → last success time
         self.on_probe = on_probe      # a probe's exchange ended: tell the probe runner how
+        self.exporter = exporter      # proxy.tracing.SpanExporter: one span per request (and run)
 
     async def __call__(self, request, ex):
         m = self.m
@@ -139,5 +147,12 @@ class Telemetry:
                     "upstream_error" if who == "upstream" else "success" if who is None else outcome)
                 ex.run_outcome = run
             m.runs.labels(route, run).inc()
+        llm = ex.llm.finish() if ex.llm is not None else None
         if self.access_log is not None:
-            self.access_log.write(ex, status, duration, outcome, who, ex.probe)
+            self.access_log.write(ex, status, duration, outcome, who, ex.probe, llm)
+        if self.exporter is not None and ex.trace is not None:
+            ref = run_ref(ex.content_location) if ex.route.run_kind is not None else None
+            self.exporter.export_request(
+                ex.trace, method=ex.method, route=route, path=ex.path.partition("?")[0], status=status,
+                outcome=outcome, request_id=ex.request_id, start=ex.start, end=ex.start + duration, llm=llm,
+                run=RunInfo(run_id=ref[1], thread_id=ref[0], outcome=ex.run_outcome) if ref else None)

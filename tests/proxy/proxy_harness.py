@@ -160,6 +160,18 @@ async def wait_metric(admin_url: str, name: str, at_least: float = 1, timeout: f
         await asyncio.sleep(0.05)
 
 
+async def read_cut(resp: aiohttp.ClientResponse) -> bytes:
+    """What arrived of an answer the proxy cut (an SSE stream gets its last ``event: error``
+    first), asserting that it looks cut: no final chunk, so no client can take it for whole."""
+    data = b""
+    try:
+        async for chunk in resp.content.iter_any():
+            data += chunk
+    except aiohttp.ClientPayloadError:
+        return data
+    raise AssertionError(f"a cut answer ended cleanly: {data[-300:]!r}")
+
+
 def metric(samples: dict, name: str, **labels) -> float:
     """Sum of the samples named ``name`` whose labels include ``labels``."""
     total = 0.0

@@ -192,8 +192,12 @@ async def test_a_whole_answer_frees_its_upstream_connection_before_a_slow_client
                                   "limits": {"max_buffered_response_bytes": "8MiB", "max_buffered_bytes": "12MB"}})
     socks = [_non_reader(p.port, "/bytes/6000000") for _ in range(3)]
     try:
-        await asyncio.sleep(0.5)
-        st = await _status(p)
+        t0 = time.monotonic()
+        while True:  # the upstream produces 18 MB: wait until all three answers are in place
+            st = await _status(p)
+            if st["capacity"]["buffered_bytes"] == 12000000 and st["upstream_pool"]["busy"] == 1 or time.monotonic() - t0 > 5:
+                break
+            await asyncio.sleep(0.1)
         # two answers are held in memory (the budget has room for two), their connections pooled again;
         # the third streams on a connection of its own
         assert st["capacity"]["buffered_bytes"] == 12000000, st

@@ -17,7 +17,7 @@ import time
 import aiohttp
 import pytest
 
-from proxy_harness import metric, scrape
+from proxy_harness import metric, read_cut, scrape
 
 
 def _abort_with_rst(writer: asyncio.StreamWriter) -> None:
@@ -320,7 +320,7 @@ async def test_sse_reset_mid_stream_ends_with_an_error_event(raw_upstream, make_
     p = make_proxy(raw_upstream.url, OVERRIDES)
     async with session.get(p.url + "/reset_sse") as r:
         assert r.status == 200
-        body = await r.read()
+        body = await read_cut(r)
     assert b'data: {"i": 0}' in body
     tail = body.replace(b"\r\n", b"\n").rstrip().rsplit(b"\n\n", 1)[-1]
     assert tail.startswith(b"event: error\ndata: ") and b"upstream_reset" in tail
@@ -372,7 +372,7 @@ async def test_upstream_restart_while_streams_run(raw_upstream, make_proxy, sess
     async def stream():
         async with session.get(p.url + "/sse/500") as r:
             assert r.status == 200
-            return await r.read()
+            return await read_cut(r)
 
     tasks = [asyncio.create_task(stream()) for _ in range(5)]
     await asyncio.sleep(0.3)

@@ -11,7 +11,7 @@ import time
 import aiohttp
 import pytest
 
-from proxy_harness import FaultUpstream, free_port, metric, scrape
+from proxy_harness import FaultUpstream, free_port, metric, read_cut, scrape
 
 
 async def ok_after(session, p):
@@ -62,7 +62,7 @@ async def test_headers_then_silence_aborts_a_plain_body(upstream, make_proxy, se
 async def test_headers_then_silence_ends_sse_with_error_event(upstream, make_proxy, session):
     p = make_proxy(upstream.url, {"timeouts": {"idle": "300ms"}})
     async with session.get(p.url + "/silence?ctype=text/event-stream") as r:
-        body = await r.read()
+        body = await read_cut(r)
     assert events_of(body)[-1] == "error"
     data = error_data(body)
     assert data["error"] == "upstream_timeout" and "idle" in data["message"] and data["request_id"]
@@ -87,7 +87,7 @@ async def test_stream_over_its_max_duration_is_cut(upstream, make_proxy, session
     p = make_proxy(upstream.url, {"timeouts": {"stream": "700ms", "idle": "5s"}})
     t0 = time.monotonic()
     async with session.get(p.url + "/sse?events=50&interval=0.1") as r:
-        body = await r.read()
+        body = await read_cut(r)
     assert 0.6 < time.monotonic() - t0 < 2.5
     assert events_of(body)[-1] == "error"
     assert "stream" in error_data(body)["message"]
@@ -100,7 +100,7 @@ async def test_heartbeats_do_not_count_as_events_for_event_idle(upstream, make_p
     p = make_proxy(upstream.url, {"timeouts": {"event_idle": "600ms", "idle": "5s"}})
     t0 = time.monotonic()
     async with session.get(p.url + "/sse?events=5&interval=0.05&stall_after=2&heartbeat=0.1") as r:
-        body = await r.read()
+        body = await read_cut(r)
     assert time.monotonic() - t0 < 3
     assert b": heartbeat" in body  # heartbeats were relayed...
     assert events_of(body) == ["metadata", "values", "values", "error"]  # ...but the stuck run was cut

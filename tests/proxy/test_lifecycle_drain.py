@@ -43,6 +43,8 @@ def start_agent(port: int) -> subprocess.Popen:
 
 async def test_post_drain_starts_the_drain_and_the_signal_ends_it(upstream, make_proxy, session):
     p = make_proxy(upstream.url, {"server": {"drain_delay": "1s", "shutdown_grace": "10s"}})
+    async with session.get(p.url + "/before") as r:       # a kept-alive client connection
+        assert r.status == 200 and r.headers.get("Connection", "").lower() != "close"
     async with session.post(p.admin + "/drain") as r:
         assert r.status == 202
         body = await r.json()
@@ -54,9 +56,12 @@ async def test_post_drain_starts_the_drain_and_the_signal_ends_it(upstream, make
     # a second POST changes nothing (idempotent): the delay keeps counting from the first
     async with session.post(p.admin + "/drain") as r:
         assert (await r.json())["drain_delay_remaining_seconds"] <= body["drain_delay_remaining_seconds"]
+    # from the drain on, every answer tells keep-alive clients to reconnect (elsewhere)
+    async with session.get(p.url + "/kept-alive") as r:
+        assert r.status == 200 and r.headers.get("Connection", "").lower() == "close"
     async with aiohttp.ClientSession() as fresh:        # still accepted during drain_delay
         async with fresh.get(p.url + "/during-drain") as r:
-            assert r.status == 200
+            assert r.status == 200 and r.headers.get("Connection", "").lower() == "close"
     await asyncio.sleep(1.3)
     with pytest.raises(aiohttp.ClientConnectionError):  # after drain_delay: no new connections
         async with aiohttp.ClientSession() as fresh:

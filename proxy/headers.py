@@ -96,7 +96,8 @@ def upstream_head(method: str, target: str, raw_headers, *, upstream, preserve_h
     ``upstream`` gives the base path and its own ``host_header``; with ``preserve_host`` the
     client's Host goes up instead (as nginx ``proxy_set_header Host $host``), so the URLs the
     server builds from it name the address the client used. ``body_framing`` is
-    ``b"Content-Length: N"``, ``b"Transfer-Encoding: chunked"`` or None (no body).
+    ``b"Content-Length: N"``, ``b"Transfer-Encoding: chunked"`` or None (no body). ``extra``
+    headers (lower-case names) replace any client header of the same name.
     """
     xff = None
     orig_host = client_host(raw_headers)
@@ -104,9 +105,11 @@ def upstream_head(method: str, target: str, raw_headers, *, upstream, preserve_h
     parts = [method.encode("ascii"), b" ", upstream_target(upstream, target).encode("utf-8", "surrogateescape"),
              b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
     conn_listed = None
+    # headers the proxy sets itself (trace context, deadline) replace the client's of that name
+    strip = _STRIP_UP if not extra else _STRIP_UP | {k.lower() for k, _ in extra}
     for k, v in raw_headers:
         kl = k.lower()
-        if kl in _STRIP_UP:
+        if kl in strip:
             if kl == b"x-forwarded-for":
                 xff = v if xff is None else xff + b", " + v
             elif kl == b"connection":

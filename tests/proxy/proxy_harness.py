@@ -305,6 +305,40 @@ class FaultUpstream:
             body = self._blobs[n] = b"b" * n
         return web.Response(body=body, content_type="application/octet-stream")
 
+    async def h_runs(self, request):
+        """LangGraph-shaped runs with known LLM usage: /runs/stream answers messages-tuple token
+        chunks (usage on the last chunk) and a values event; /runs/wait the final state."""
+        body = await request.read()
+        self._record(request, len(body))
+        self.seen[-1]["raw_headers"] = list(request.raw_headers)
+        usage = {"input_tokens": 120, "output_tokens": 3, "total_tokens": 123}
+        mid = f"lc_run--{len(self.seen)}"  # a new LLM call per request (the proxy counts an id once)
+        ai = {"type": "ai", "id": mid, "content": "the answer", "usage_metadata": usage,
+              "response_metadata": {"model_name": "fake-large"}}
+        human = {"type": "human", "id": "h-1", "content": "q"}
+        if request.path.endswith("/wait"):
+            return web.json_response({"messages": [human, ai]})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Content-Location": "/runs/r-1"})
+        await resp.prepare(request)
+        await resp.write(b'event: metadata\r\ndata: {"run_id": "r-1"}\r\n\r\n')
+        await resp.write(("event: values\r\ndata: " + json.dumps({"messages": [human]}) + "\r\n\r\n").encode())
+        if request.query.get("bad"):  # broken JSON, then a huge event: both must pass untouched
+            await resp.write(b'event: messages\r\ndata: [{"type": "AIMessageChunk", "usage_metadata": {\r\n\r\n')
+            pad = "p" * int(request.query["bad"])
+            await resp.write(("event: updates\r\ndata: " + json.dumps({"agent": {"pad": pad, "usage_metadata": {}}})
+                              + "\r\n\r\n").encode())
+        for i, word in enumerate(["the", " answer", ""]):
+            chunk = {"type": "AIMessageChunk", "id": mid, "content": word}
+            if i == 2:
+                chunk.update(usage_metadata=usage, response_metadata={"model_name": "fake-large"})
+            await asyncio.sleep(0.02)
+            await resp.write(("event: messages\r\ndata: " + json.dumps([chunk, {"langgraph_node": "agent"}])
+                              + "\r\n\r\n").encode())
+        await resp.write(("event: values\r\ndata: " + json.dumps({"messages": [human, ai]}) + "\r\n\r\n").encode())
+        await resp.write_eof()
+        return resp
+
     async def h_sse(self, request):
         """SSE: ?events=N&interval=S&heartbeat=S&hb_only_after=K&error=1&ctype=...&size=B"""
         q = request.query

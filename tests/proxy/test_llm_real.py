@@ -120,3 +120,36 @@ async def test_tokens_are_counted_once_per_llm_call_across_modes_and_turns(lgdev
     assert sum(sample(reg, "sidecar_llm_calls_total", model=mdl, route=f"turn{i}")
                for i in range(len(turns)) for mdl in ("fake-small", "fake-large")) == len(ai)
     assert tel._budget_used == 0
+
+
+async def test_through_the_sidecar_each_llm_call_is_counted_once(lgdev, make_proxy):
+    """The same turns through the real proxy: /metrics must hold exactly what the thread holds."""
+    p = make_proxy(lgdev.url, {"llm": {"prices": {"fake-large": {"input": 3.0, "output": 15.0,
+                                                                 "cache_read": 0.3, "cache_write": 3.75}}}})
+    turns = [["messages-tuple", "values", "updates"], ["values"], None, ["updates"], ["messages-tuple"]]
+    async with aiohttp.ClientSession() as s:
+        async with s.post(p.url + "/threads", json={}) as r:
+            tid = (await r.json())["thread_id"]
+        for i, modes in enumerate(turns):
+            body = {"assistant_id": "llm", "input": {"messages": [{"role": "user", "content": f"turn {i}"}]}}
+            if modes:
+                body["stream_mode"] = modes
+            path = f"/threads/{tid}/runs/" + ("stream" if modes else "wait")
+            async with s.post(p.url + path, json=body) as r:
+                assert r.status == 200
+                await r.read()
+        async with s.get(p.url + f"/threads/{tid}/state") as r:
+            state = (await r.json())["values"]["messages"]
+    from proxy_harness import metric, wait_metric
+    ai = [m for m in state if m["type"] == "ai"]
+    want_in = sum(m["usage_metadata"]["input_tokens"] for m in ai)
+    samples = await wait_metric(p.admin, "sidecar_llm_tokens_total", want_in, type="input")
+    assert metric(samples, "sidecar_llm_tokens_total", type="input") == want_in
+    assert metric(samples, "sidecar_llm_tokens_total", type="output") == sum(m["usage_metadata"]["output_tokens"] for m in ai)
+    assert metric(samples, "sidecar_llm_calls_total") == len(ai) == 2 * len(turns)
+    assert metric(samples, "sidecar_llm_calls_total", route="thread_run_wait") == 2
+    assert metric(samples, "sidecar_llm_cost_total", model="fake-large") > 0
+    assert metric(samples, "sidecar_llm_cost_total", model="fake-small") == 0  # no price, no series value
+    # messages-tuple turns give time to first token
+    assert metric(samples, "sidecar_llm_time_to_first_token_seconds_count", route="thread_run_stream") == 2
+    assert metric(samples, "sidecar_llm_events_unparsed_total") == 0

@@ -74,6 +74,15 @@ ROWS = [
         ("Runs/s by outcome", "short", [q(f'sum by (outcome) (rate(sidecar_runs_total{{{SEL}}}[{RI}]))', "{{outcome}}")], "timeseries"),
         ("Run cancels/s", "short", [q(f'sum by (result) (rate(sidecar_run_cancels_total{{{SEL}}}[{RI}]))', "{{result}}")], "timeseries"),
     ]),
+    ("LLM: tokens, cost, time to first token (read off the agent's stream)", [
+        ("Tokens/s by type", "short", [q(f'sum by (type) (rate(sidecar_llm_tokens_total{{{SEL}}}[{RI}]))', "{{type}}")], "timeseries"),
+        ("Output tokens/s by model", "short", [q(f'sum by (model) (rate(sidecar_llm_tokens_total{{{SEL}, type="output"}}[{RI}]))', "{{model}}")], "timeseries"),
+        ("Cost per hour by model (llm.prices currency)", "short", [q(f'sum by (model) (rate(sidecar_llm_cost_total{{{SEL}}}[{RI}])) * 3600', "{{model}}")], "timeseries"),
+        ("LLM calls/s by model", "short", [q(f'sum by (model) (rate(sidecar_llm_calls_total{{{SEL}}}[{RI}]))', "{{model}}")], "timeseries"),
+        ("Time to first token", "s", quantiles("sidecar_llm_time_to_first_token_seconds"), "timeseries"),
+        ("Time per output token", "s", quantiles("sidecar_llm_time_per_output_token_seconds"), "timeseries"),
+        ("Unparsed events/s (forwarded untouched)", "short", [q(f'sum by (route) (rate(sidecar_llm_events_unparsed_total{{{SEL}}}[{RI}]))', "{{route}}")], "timeseries"),
+    ]),
     ("Breaker, probes, readiness", [
         ("Circuit state (0 closed, 1 half-open, 2 open)", "short", [q(f'max by (breaker) (sidecar_circuit_state{{{POD}}})', "{{breaker}}")], "timeseries"),
         ("Breaker transitions", "short", [q(f'sum by (breaker, to) (increase(sidecar_circuit_transitions_total{{{POD}}}[{RI}]))', "{{breaker}} → {{to}}")], "timeseries"),

@@ -10,7 +10,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[agent,dev]"
+	$(PY) -m pip install --quiet -e ".[agent,dev,otel]"
 	touch $@
 
 run: setup           ## the example agent behind the sidecar, offline (Ctrl-C drains, a second cuts); RUN_ARGS="--port N --admin-port N --agent-port N"

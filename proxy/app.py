@@ -205,10 +205,12 @@ class Runtime:
     # ---- readiness ----
     def readiness(self) -> tuple[bool, list[dict]]:
         checks = [{"name": "lifecycle", "ok": self.state == "ready", "state": self.state}]
-        if self.cfg.circuit_breaker.open_makes_unready:
-            for name, br in self.breakers.items():
-                st = br.state
-                checks.append({"name": f"breaker:{name}", "ok": st != "open", "state": st})
+        gates = self.cfg.circuit_breaker.open_makes_unready
+        for name, br in self.breakers.items():
+            # listed either way, so /readyz shows why clients get 503 circuit_open
+            st = br.state
+            checks.append({"name": f"breaker:{name}", "ok": st != "open" or not gates, "state": st,
+                           "gates_readiness": gates})
         if self.probes is not None:
             checks.extend(self.probes.readiness_checks())
         ok = all(c["ok"] for c in checks)

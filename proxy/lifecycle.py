@@ -54,7 +54,6 @@ class Lifecycle:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.rt = rt = Runtime(self.cfg, config_path=self.config_path)
-        rt.loop_lag = 0.0
         try:
             traffic, tserver, runner, ports = await start_servers(rt, on_drain=self.begin_drain)
         except C.BindError:

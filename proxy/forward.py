@@ -409,7 +409,9 @@ class Forwarder:
                 self.on_client_gone(ex)
             raise E.ClientGone() from None
         except asyncio.CancelledError:
-            if route.cancel_on_disconnect and self.on_client_gone is not None:
+            if isinstance(conn.error, E.ShuttingDown):
+                ex.error = conn.error  # cut by our own shutdown while blocked on the client, not its leaving
+            elif route.cancel_on_disconnect and self.on_client_gone is not None:
                 self.on_client_gone(ex)
             raise
         finally:

@@ -40,6 +40,8 @@ def ending(ex, exc: BaseException | None) -> tuple[int, str, str | None]:
     ``ex.error`` then). The outcome label is ``ok``, ``client_disconnect`` or an error type."""
     if exc is not None:
         if isinstance(exc, (asyncio.CancelledError, E.ClientGone)):
+            if isinstance(ex.error, E.ShuttingDown):  # the server's shutdown cancelled it, not the client
+                return ex.status, ex.error.type, PROXY
             return (ex.status if ex.headers_sent else 499), "client_disconnect", CLIENT
         if ex.headers_sent:
             # cut after the headers (e.g. a slow reader): the client got the upstream's status

@@ -8,24 +8,19 @@ a 503 and is closed at accept, and a request head not complete within ``header_r
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from .errors import error_body
+from . import errors as E
 from .headers import new_request_id
 
 log = logging.getLogger("proxy.accept")
 
-_OVER_LIMIT_BODY = json.dumps({"error": {"type": "overloaded", "message":
-                                         "too many open connections (server.max_connections)",
-                                         "request_id": None}}).encode()
-_OVER_LIMIT = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-               b"Connection: close\r\nRetry-After: 1\r\nContent-Length: %d\r\n\r\n" % len(_OVER_LIMIT_BODY)
-               + _OVER_LIMIT_BODY)
+# written at accept, before aiohttp has a request: the same JSON error shape as every other answer
+_OVER_LIMIT = E.raw_response(E.Shed("connections", "too many open connections (server.max_connections)"), None)
 
 
 class GuardedRequestHandler(RequestHandler):
@@ -96,20 +91,19 @@ class GuardedRequestHandler(RequestHandler):
         if not isinstance(exc, HttpProcessingError) or request.writer.output_size > 0:
             return super().handle_error(request, status, exc, message)
         if isinstance(exc, LineTooLong):
-            if self._line_over:
-                status, etype, text = 414, "uri_too_long", "request line exceeds server.max_line_bytes"
-            else:
-                status, etype, text = 431, "header_field_too_large", "a header line exceeds server.max_field_bytes"
+            err = (E.UriTooLong("request line exceeds server.max_line_bytes") if self._line_over
+                   else E.HeaderFieldTooLarge("a header line exceeds server.max_field_bytes"))
         elif "Too many headers" in (exc.message or ""):
             # aiohttp's cap on the number of header lines (128): the head is too large, not malformed
-            status, etype, text = 431, "headers_too_large", "too many header lines in the request"
+            err = E.HeadersTooLarge("too many header lines in the request")
         else:
-            status, etype = 400, "bad_request"
-            text = "malformed HTTP request: " + (exc.message or type(exc).__name__).split("\n", 1)[0].strip().rstrip(":")
+            err = E.BadRequest("malformed HTTP request: "
+                               + (exc.message or type(exc).__name__).split("\n", 1)[0].strip().rstrip(":"))
         rid = new_request_id()
         log.info("rejected malformed request", extra={"fields": {
-            "request_id": rid, "status": status, "reason": type(exc).__name__, "peer": request.remote}})
-        resp = web.Response(status=status, body=error_body(etype, text, rid), content_type="application/json")
+            "request_id": rid, "status": err.status, "reason": type(exc).__name__, "peer": request.remote}})
+        resp = web.Response(status=err.status, body=E.error_body(err.type, str(err), rid),
+                            content_type="application/json")
         resp.headers["X-Request-ID"] = rid
         resp.force_close()
         return resp

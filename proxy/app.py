@@ -19,7 +19,7 @@ from .langgraph import RunCanceller, RunTracker
 from .llm import LLMTelemetry
 from .layers import Deliver, Errors, LayerEntry, RequestId, RouteMatch, TargetCheck, Upgrade
 from .metrics import Metrics
-from .policies.breaker import Breaker, BreakerPolicy
+from .policies.breaker import Breaker, BreakerState
 from .policies.deadline import Deadline
 from .policies.limits import Counts, Limits
 from .policies.retry import Retry, RetryBudget
@@ -79,7 +79,7 @@ class Pipeline:
             ("retry", Retry, {"backoff": cfg.retries.backoff, "max_backoff": cfg.retries.max_backoff,
                               "budget": rt.retry_budget(cfg.retries), "metrics": m}),
             # fail fast without touching an upstream that is failing
-            ("breaker", BreakerPolicy, {"breakers": breakers, "metrics": m,
+            ("breaker", Breaker, {"breakers": breakers, "metrics": m,
                                         "probe_may_trial": cfg.circuit_breaker.half_open_probe_trial}),
             # the total deadline, fixed once so retries share it; the forwarder arms the rest
             ("deadline", Deadline, {"loop": rt.loop}),
@@ -120,7 +120,7 @@ class Runtime:
         self.pool = self._make_pool(cfg)
         self.canceller = RunCanceller(self.pool, self.metrics)
         self.websocket = WebSocketRelay(cfg.upstream.url, self.metrics, cfg.upstream.connect_timeout)
-        self.breakers: dict[str, Breaker] = {}
+        self.breakers: dict[str, BreakerState] = {}
         self.counts = Counts()
         self.buffers = BufferBudget(cfg.limits.max_buffered_bytes)
         self.llm = LLMTelemetry(cfg.llm, self.metrics)
@@ -160,14 +160,14 @@ class Runtime:
             self._budget = RetryBudget(rc.budget, rc.min_per_second)
         return self._budget
 
-    def sync_breakers(self, settings: dict[str, C.BreakerConfig]) -> dict[str, Breaker]:
+    def sync_breakers(self, settings: dict[str, C.BreakerConfig]) -> dict[str, BreakerState]:
         """Keep every breaker that still exists, with its state; new settings apply in place
         (an open breaker stays open until its new reset timeout)."""
         out = {}
         for name, s in settings.items():
             br = self.breakers.get(name)
             if br is None:
-                br = Breaker(name, s, self.metrics)
+                br = BreakerState(name, s, self.metrics)
             elif br.settings != s:
                 br.update(s)
             out[name] = br

@@ -68,6 +68,17 @@ class UpstreamTimeout(UpstreamError):
         super().__init__(message or f"upstream {kind.replace('_', ' ')} timeout fired")
 
 
+class UpgradeRefused(ProxyError):
+    """The upstream answered a WebSocket upgrade with a plain HTTP status: that status is passed
+    on (a 4xx is the client's doing, a 5xx the upstream's)."""
+    type = "upstream_refused_upgrade"
+
+    def __init__(self, status: int, message: str):
+        self.status = status if 400 <= status <= 599 else 502
+        self.who = "upstream" if self.status >= 500 else "client"
+        super().__init__(f"{message} (status {status})")
+
+
 class BreakerOpen(ProxyError):
     status, type = 503, "circuit_open"
 
@@ -121,6 +132,14 @@ class HeadersTooLarge(ClientFault):
     status, type = 431, "headers_too_large"
 
 
+class HeaderFieldTooLarge(ClientFault):
+    status, type = 431, "header_field_too_large"
+
+
+class UriTooLong(ClientFault):
+    status, type = 414, "uri_too_long"
+
+
 class BadRequest(ClientFault):
     status, type = 400, "bad_request"
     close_connection = stop_lingering = True
@@ -156,7 +175,18 @@ def classify(exc: BaseException) -> tuple[int, str]:
     return 500, "internal_error"
 
 
-def error_body(status_type: str, message: str, request_id: str, **extra) -> bytes:
+def raw_response(err: ProxyError, request_id: str | None) -> bytes:
+    """A whole HTTP/1.1 error response (closing the connection), for a transport written to
+    directly, where no aiohttp response exists (e.g. a connection refused at accept)."""
+    body = error_body(err.type, str(err), request_id)
+    reason = {503: b"Service Unavailable"}.get(err.status, b"Error")
+    head = b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nConnection: close\r\n" % (err.status, reason)
+    for k, v in err.headers:
+        head += f"{k}: {v}\r\n".encode("latin-1")
+    return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def error_body(status_type: str, message: str, request_id: str | None, **extra) -> bytes:
     err = {"type": status_type, "message": message, "request_id": request_id}
     err.update(extra)
     return json.dumps({"error": err}).encode()

@@ -16,7 +16,9 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 
 # Per-token latencies: a fast model streams a token every few ms, a loaded one every few hundred.
 TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
-METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# the methods with a label (and a precompiled route matcher); any other is labelled OTHER
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+_LABELLED_METHODS = frozenset(METHODS)
 
 STREAM_OUTCOMES = ("completed", "client_disconnect", "client_slow", "upstream_error", "idle_timeout",
                    "event_idle_timeout", "stream_timeout", "shutdown")
@@ -176,7 +178,7 @@ class Metrics:
         return ch
 
     def request_done(self, route: str, method: str, code: int, duration: float, exemplar=None) -> None:
-        if method not in METHODS:
+        if method not in _LABELLED_METHODS:
             method = "OTHER"
         key = (route, method, code)
         ch = self._req.get(key)

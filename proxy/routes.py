@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, replace
 
 from . import config as C
+from .metrics import METHODS
 
 # The LangGraph Server API (langgraph-api 0.16.7: every path and method of its /openapi.json, plus
 # what it serves outside the spec), so a user with no `routes:` still gets bounded, meaningful
@@ -88,7 +89,6 @@ LANGGRAPH_ROUTES: tuple[C.RouteConfig, ...] = tuple(C.RouteConfig(**r) for r in 
 ))
 _BUILTIN_CLASS = {r.path: r.timeout_class for r in LANGGRAPH_ROUTES if r.timeout_class is not None}
 
-STANDARD_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ class RouteTable:
                            attempts=cfg.retries.attempts, breaker="upstream",
                            cancel_on_disconnect=False, run_kind=None,
                            preserve_host=cfg.upstream.preserve_host)
-        self._by_method = {m: self._compile(m) for m in STANDARD_METHODS}
+        self._by_method = {m: self._compile(m) for m in METHODS}
         self.names = [r.name for r in self.routes] + ["other"]
 
     def _compile(self, method: str):

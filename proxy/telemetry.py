@@ -155,4 +155,5 @@ class Telemetry:
             self.exporter.export_request(
                 ex.trace, method=ex.method, route=route, path=ex.path.partition("?")[0], status=status,
                 outcome=outcome, request_id=ex.request_id, start=ex.start, end=ex.start + duration, llm=llm,
+                route_template=ex.route.template,
                 run=RunInfo(run_id=ref[1], thread_id=ref[0], outcome=ex.run_outcome) if ref else None)

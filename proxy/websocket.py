@@ -68,7 +68,7 @@ class WebSocketRelay:
                 autoclose=False)
         except aiohttp.WSServerHandshakeError as e:
             ex.status = e.status
-            raise _UpstreamRefused(e.status, e.message or "upstream refused the WebSocket upgrade") from None
+            raise E.UpgradeRefused(e.status, e.message or "upstream refused the WebSocket upgrade") from None
         except aiohttp.ClientConnectorError as e:
             raise E.UpstreamConnectError(f"cannot connect to upstream for a WebSocket: {e}") from None
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, OSError) as e:
@@ -155,12 +155,3 @@ class WebSocketRelay:
             gauge.dec()
             ex.upstream_time = monotonic() - ex.upstream_start
         return ws
-
-
-class _UpstreamRefused(E.ProxyError):
-    """The upstream answered the upgrade with a plain HTTP status: pass that status on."""
-    type = "upstream_refused_upgrade"
-
-    def __init__(self, status: int, message: str):
-        self.status = status if 400 <= status <= 599 else 502
-        super().__init__(f"{message} (status {status})")

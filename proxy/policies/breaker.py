@@ -37,7 +37,7 @@ class _Listener(pybreaker.CircuitBreakerListener):
             "fail_counter": cb.fail_counter}})
 
 
-class Breaker:
+class BreakerState:
     """One named circuit breaker: pybreaker state machine + half-open trial gate.
 
     Lives in the Runtime (per process), so a reload keeps its state; :meth:`update` applies new
@@ -109,13 +109,13 @@ class Breaker:
                 "reset_timeout_seconds": self.settings.reset_timeout}
 
 
-class BreakerPolicy:
+class Breaker:
     """Guards the upstream call with the route's breaker; :func:`proxy.outcome.upstream_failed`
     decides what counts as a failure (only what the upstream did: never a shed, an exhausted
     pool, a client that left or read too slowly). Streams count as a success at their first
     event, and again as a failure if the upstream breaks them later."""
 
-    def __init__(self, next_handler, breakers: dict[str, Breaker], *, metrics, probe_may_trial: bool):
+    def __init__(self, next_handler, breakers: dict[str, BreakerState], *, metrics, probe_may_trial: bool):
         self.next = next_handler
         self.breakers = breakers
         self.shed = metrics.shed
@@ -145,7 +145,7 @@ class BreakerPolicy:
         return resp
 
     @staticmethod
-    def _judge(br: Breaker, ex, exc) -> None:
+    def _judge(br: BreakerState, ex, exc) -> None:
         started = ex.on_stream_start is None  # the stream's success was already recorded
         ex.on_stream_start = None
         if br.failed(ex, exc):

@@ -14,7 +14,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from proxy import metrics as proxy_metrics
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from agent_procs import REPO as ROOT  # noqa: E402 - one copy for every test folder
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 OVERLAYS = ["base", "overlays/example", "overlays/example-pre-1.29"]

@@ -9,7 +9,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 import yaml
 
 from deployutil import ROOT, tool
+from agent_procs import free_port
 
 DOCKERFILE = ROOT / "Dockerfile"
 
@@ -113,12 +113,6 @@ def test_dockerignore_keeps_what_the_build_copies():
                 continue
             for src in shlex.split(c)[:-1]:
                 assert f"!{src}" in ignore or f"!{src}/" in ignore, f".dockerignore drops {src}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build(target: str, tmp_path) -> tuple[dict, object]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,16 +15,11 @@ import yaml
 from aiohttp import web
 
 from deployutil import DEPLOY, ROOT
+from agent_procs import free_port
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.timeout(120)]
 
 REQUESTS = 7
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,10 @@ import yaml
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-ROOT = Path(__file__).resolve().parents[2]
+from agent_procs import REPO as ROOT, free_port  # noqa: F401 - one copy for every test folder
+
 WS_HEADERS = web.AppKey("ws_headers", list)
 WS_CLOSED = web.AppKey("ws_closed", list)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def deep_merge(base: dict, over: dict) -> dict:

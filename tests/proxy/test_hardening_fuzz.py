@@ -15,7 +15,6 @@ import random
 import socket
 import threading
 import time
-from pathlib import Path
 
 import httptools
 import pytest
@@ -24,9 +23,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from proxy import config as C
-from proxy_harness import FaultUpstream
+from proxy_harness import ROOT, FaultUpstream
 
-ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = yaml.safe_load((ROOT / "config.example.yaml").read_text())
 
 # ---------------------------------------------------------------- the config loader

@@ -55,18 +55,21 @@ STARTED: list[subprocess.Popen] = []
 ALL_COLUMNS = ("direct", "nginx", "proxy", "proxy-min", "naive")
 # optional (ablation) columns, only with --only: the full proxy with a block-buffered stdout
 # (PYTHONUNBUFFERED unset; the image sets it to 1), and with the access log to /dev/null
-EXTRA_COLUMNS = ("proxy-buf", "proxy-null", "proxy-defaults")
+EXTRA_COLUMNS = ("proxy-buf", "proxy-null", "proxy-defaults", "proxy-base")
+# proxy-base: the same production config run from another checkout (BENCH_BASELINE=/path, e.g. a
+# `git worktree` of the previous release), so a change is measured against its baseline in one run
+BASELINE = os.environ.get("BENCH_BASELINE")
 ALL_SCENARIOS = ("get", "post", "lat", "sse1k", "sse10k", "burst", "static", "soak")
 
 
 # ----------------------------------------------------------------------------- processes
-def start(cmd, log, cpus=None, env=None, stdout=None):
+def start(cmd, log, cpus=None, env=None, stdout=None, cwd=REPO):
     if cpus:
         cmd = ["taskset", "-c", cpus] + list(cmd)
     f = open(log, "ab")
     out = open(stdout, "ab") if stdout else f
     p = subprocess.Popen(cmd, stdout=out, stderr=f, stdin=subprocess.DEVNULL,
-                         start_new_session=True, env=env, cwd=REPO)
+                         start_new_session=True, env=env, cwd=cwd)
     STARTED.append(p)
     return p
 
@@ -273,7 +276,7 @@ def proxy_yaml(port, admin, up_port, minimal, defaults=False):
                 "upstream: {url: http://127.0.0.1:%d}\n" % (port, admin, up_port))
     y = ("server: {listen: 127.0.0.1:%d, admin_listen: 127.0.0.1:%d, drain_delay: 0s, shutdown_grace: 2s,\n"
          "         max_connections: 20000}\n"
-         "upstream: {url: http://127.0.0.1:%d}\n"
+         "upstream: {url: http://127.0.0.1:%d, max_connections: 20016}\n"
          "limits: {max_concurrent_requests: 20000}\n" % (port, admin, up_port))
     if minimal:
         y += "logging: {access_log: false}\ncircuit_breaker: {enabled: false}\n"
@@ -478,9 +481,9 @@ def main():
         ap.error("unknown: %s" % ", ".join(bad))
     bp = a.base_port
     PORTS = {"direct": bp, "nginx": bp + 1, "naive": bp + 3, "proxy": bp + 4, "proxy-min": bp + 5,
-             "proxy-buf": bp + 7, "proxy-null": bp + 8, "proxy-defaults": bp + 10}
+             "proxy-buf": bp + 7, "proxy-null": bp + 8, "proxy-defaults": bp + 10, "proxy-base": bp + 11}
     ADMIN = {"proxy": bp + 14, "proxy-min": bp + 15, "proxy-buf": bp + 17, "proxy-null": bp + 18,
-             "proxy-defaults": bp + 20}
+             "proxy-defaults": bp + 20, "proxy-base": bp + 21}
     static_port, soak_port, soak_admin = bp + 9, bp + 6, bp + 16
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -499,9 +502,14 @@ def main():
         env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1", PYTHONUNBUFFERED="1")
         if name == "proxy-buf":
             env.pop("PYTHONUNBUFFERED")
+        if name == "proxy-base":
+            if not BASELINE:
+                raise SystemExit("column proxy-base needs BENCH_BASELINE=/path/to/another/checkout")
+            env["PYTHONPATH"] = BASELINE
         p = start([py, "-m", "proxy", "--config", cfgp, "--ready-file", ready],
                   os.path.join(rd, "%s-%s.log" % (name, tag)), a.proxy_cpus, env=env,
-                  stdout="/dev/null" if name == "proxy-null" else os.path.join(rd, "%s-%s.access.log" % (name, tag)))
+                  stdout="/dev/null" if name == "proxy-null" else os.path.join(rd, "%s-%s.access.log" % (name, tag)),
+                  cwd=BASELINE if name == "proxy-base" else REPO)
         t_end = time.time() + 30
         while not os.path.exists(ready):
             if p.poll() is not None or time.time() > t_end:

@@ -34,7 +34,7 @@ asyncio.run(main())
 
 
 def start_agent(port: int) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests" / "proxy"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "proxy"), str(ROOT / "tests")]))
     p = subprocess.Popen([sys.executable, "-c", AGENT, str(port)], cwd=ROOT, env=env,
                          stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "ready"

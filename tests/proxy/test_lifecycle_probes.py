@@ -37,7 +37,7 @@ async def test_ready_soon_after_a_late_upstream(make_proxy, session):
     try:
         t0 = time.monotonic()
         while await ready_status(session, p) != 200:
-            assert time.monotonic() - t0 < 6, "not ready within the bounded backoff (interval is 60 s)"
+            assert time.monotonic() - t0 < 10, "not ready within the bounded backoff (interval is 60 s)"
             await asyncio.sleep(0.05)
         s = await scrape(p.admin)
         # one real call, once the agent listened: nothing was sent (or paid, or held against the

@@ -8,7 +8,7 @@ import string
 import aiohttp
 import pytest
 
-from proxy_harness import free_port, metric, scrape
+from proxy_harness import free_port, metric, read_cut, scrape
 
 
 async def test_every_outcome_counted_exactly(upstream, make_proxy, session):
@@ -32,7 +32,7 @@ async def test_every_outcome_counted_exactly(upstream, make_proxy, session):
     async with session.get(p.url + "/sse?events=2&interval=0.01&error=1") as r:  # run error inside 200
         await r.read()
     async with session.get(p.url + "/silence?ctype=text/event-stream") as r:     # idle timeout mid-stream
-        await r.read()
+        await read_cut(r)
     async with session.post(p.url + "/wait?error=1", data=b"{}") as r:
         await r.read()
     async with session.post(p.url + "/wait", data=b"{}") as r:

@@ -53,9 +53,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from prometheus_client import Counter, Histogram
 
-from .metrics import TABLE as METRICS_TABLE
+from .metrics import TABLE as METRICS_TABLE, declare
 from .sse import event_data, find_in, rfind_in
 
 try:  # faster when present (it comes with langgraph); the stdlib parser otherwise
@@ -122,12 +121,7 @@ class LLMMetrics:
     are in ``metrics.TABLE`` the ``Metrics`` object itself can be passed to :class:`LLMTelemetry`."""
 
     def __init__(self, registry, prefix: str = "sidecar"):
-        for suffix, kind, doc, labels, kw in TABLE:
-            name = f"{prefix}_{suffix}"
-            if kind is Counter:
-                name = name[: -len("_total")]
-            setattr(self, suffix.removesuffix("_total") if kind is Counter else suffix,
-                    kind(name, doc, labels, registry=registry, **kw))
+        declare(self, TABLE, registry, prefix)
 
 
 # ---- process-wide half ----

@@ -86,6 +86,17 @@ TABLE = (
 disable_created_metrics()
 
 
+def declare(target, entries, registry: CollectorRegistry, prefix: str) -> None:
+    """Create each table entry on ``registry`` as an attribute of ``target``, named by its suffix
+    (``requests_total`` → ``target.requests``: prometheus-client adds ``_total`` itself)."""
+    for suffix, kind, doc, labels, kw in entries:
+        name = f"{prefix}_{suffix}"
+        if kind is Counter:
+            name = name[: -len("_total")]
+        setattr(target, suffix.removesuffix("_total") if kind is Counter else suffix,
+                kind(name, doc, labels, registry=registry, **kw))
+
+
 class Metrics:
     """All sidecar metrics on one registry; attributes are named by the table's suffixes.
 
@@ -94,12 +105,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry, prefix: str = "sidecar", version: str = "0"):
         self.registry = registry
-        for suffix, kind, doc, labels, kw in TABLE:
-            name = f"{prefix}_{suffix}"
-            if kind is Counter:
-                name = name[: -len("_total")]
-            setattr(self, suffix.removesuffix("_total") if kind is Counter else suffix,
-                    kind(name, doc, labels, registry=registry, **kw))
+        declare(self, TABLE, registry, prefix)
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)

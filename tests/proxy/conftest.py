@@ -4,7 +4,8 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from proxy_harness import FaultUpstream, ProxyProcess
+from agent_procs import start_langgraph_dev
+from proxy_harness import LGDEV_TOKEN_DELAY, FaultUpstream, ProxyProcess
 
 
 @pytest.fixture
@@ -42,3 +43,13 @@ async def proxy(upstream, make_proxy):
 async def session():
     async with aiohttp.ClientSession(auto_decompress=False) as s:
         yield s
+
+
+@pytest.fixture(scope="module")
+def lgdev(tmp_path_factory):
+    """The real ``langgraph dev`` serving agent_app's graph (offline model, 50 ms a token)."""
+    proc = start_langgraph_dev(tmp_path_factory.mktemp("lgdev"), token_delay=LGDEV_TOKEN_DELAY)
+    try:
+        yield proc
+    finally:
+        proc.stop()

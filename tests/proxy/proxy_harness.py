@@ -26,6 +26,14 @@ WS_HEADERS = web.AppKey("ws_headers", list)
 WS_CLOSED = web.AppKey("ws_closed", list)
 
 
+LGDEV_TOKEN_DELAY = 0.05  # seconds per token of the offline model under the lgdev fixture: "SLOW n" takes n × this
+
+
+def human(text: str) -> dict:
+    """A run input of one user message."""
+    return {"messages": [{"role": "user", "content": text}]}
+
+
 def deep_merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():

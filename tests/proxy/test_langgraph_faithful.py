@@ -17,27 +17,13 @@ import aiohttp
 import pytest
 from langgraph_sdk import get_client
 
-from agent_procs import start_langgraph_dev
 from proxy import config as C
 from proxy.routes import RouteTable
-from proxy_harness import metric, scrape, wait_metric
+from proxy_harness import LGDEV_TOKEN_DELAY, human, metric, scrape, wait_metric
 
 pytestmark = [pytest.mark.slow, pytest.mark.langgraph]
 
-TOKEN_DELAY = 0.05  # seconds per token of the offline model: "SLOW n" takes n × this
-
-
-@pytest.fixture(scope="module")
-def lgdev(tmp_path_factory):
-    proc = start_langgraph_dev(tmp_path_factory.mktemp("lgdev"), token_delay=TOKEN_DELAY)
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-def human(text: str) -> dict:
-    return {"messages": [{"role": "user", "content": text}]}
+TOKEN_DELAY = LGDEV_TOKEN_DELAY
 
 
 def slow_answer(n: int) -> str:

@@ -15,23 +15,9 @@ import aiohttp
 import pytest
 from langgraph_sdk import get_client
 
-from agent_procs import start_langgraph_dev
-from proxy_harness import metric, scrape, wait_metric
+from proxy_harness import human, metric, scrape, wait_metric
 
 pytestmark = [pytest.mark.slow, pytest.mark.langgraph]
-
-
-@pytest.fixture(scope="module")
-def lgdev(tmp_path_factory):
-    proc = start_langgraph_dev(tmp_path_factory.mktemp("lgdev"), token_delay=0.05)
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-def human(text: str) -> dict:
-    return {"messages": [{"role": "user", "content": text}]}
 
 
 def sse_events(body: bytes) -> list[tuple[str | None, str, bytes]]:

@@ -12,26 +12,12 @@ import aiohttp
 import pytest
 from langgraph_sdk import get_client
 
-from agent_procs import start_langgraph_dev
-from proxy_harness import metric, scrape
+from proxy_harness import LGDEV_TOKEN_DELAY, human, metric, scrape
 
 pytestmark = [pytest.mark.slow, pytest.mark.langgraph]
 
-TOKEN_DELAY = 0.05
+TOKEN_DELAY = LGDEV_TOKEN_DELAY
 WAIT_TOKENS = 200  # a 10 s run.wait
-
-
-@pytest.fixture(scope="module")
-def lgdev(tmp_path_factory):
-    proc = start_langgraph_dev(tmp_path_factory.mktemp("lgdev"), token_delay=TOKEN_DELAY)
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-def human(text: str) -> dict:
-    return {"messages": [{"role": "user", "content": text}]}
 
 
 async def scenarios(base: str) -> dict:

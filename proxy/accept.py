@@ -7,6 +7,8 @@ a 503 and is closed at accept, and a request head not complete within ``header_r
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import asyncio
 import logging
 
@@ -16,6 +18,9 @@ from aiohttp.web_protocol import RequestHandler
 
 from . import errors as E
 from .headers import new_request_id
+
+if TYPE_CHECKING:  # the Runtime builds this module's objects; no import cycle at run time
+    from .app import Runtime
 
 log = logging.getLogger("proxy.accept")
 
@@ -143,7 +148,7 @@ class GuardedServer(web.Server):
         super().connection_made(handler, transport)
 
 
-def make_server(rt, server_cfg) -> GuardedServer:
+def make_server(rt: "Runtime", server_cfg) -> GuardedServer:
     shed = rt.metrics.shed
     return GuardedServer(
         rt.handle, handler_cancellation=True, access_log=None,

@@ -7,6 +7,8 @@ in a pod that is the agent container's preStop hook.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import ipaddress
 import json
 import time
@@ -15,6 +17,9 @@ from aiohttp import web
 from prometheus_client import exposition
 
 from .config import redact
+
+if TYPE_CHECKING:  # the Runtime builds this module's objects; no import cycle at run time
+    from .app import Runtime
 
 
 def _is_loopback(peer: str | None) -> bool:
@@ -25,7 +30,7 @@ def _is_loopback(peer: str | None) -> bool:
     return ip.is_loopback or (ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)
 
 
-def admin_app(rt, on_drain=None) -> web.Application:
+def admin_app(rt: "Runtime", on_drain=None) -> web.Application:
     """Routes of the admin port; any other path is 404 (the traffic port never serves these).
 
     ``on_drain(reason) -> dict`` starts the drain; without it there is no ``/drain``."""

@@ -30,7 +30,7 @@ SHED_REASONS = ("concurrency", "streams", "connections", "slow_client", "body_to
 # interrupted: the run's status after a clean end (a multitask interrupt); unknown: it could not be read
 RUN_OUTCOMES = ("success", "run_error", "cancelled", "client_disconnect", "upstream_error", "interrupted",
                 "unknown")
-PROBE_RESULTS = ("passed", "failed", "timeout", "skipped_passive", "skipped_budget")
+PROBE_RESULTS = ("passed", "failed", "timeout", "skipped_passive", "skipped_budget", "skipped_capacity")
 RUN_CANCEL_RESULTS = ("cancelled", "not_found", "failed", "no_run_id", "kept", "stateless")
 RELOAD_RESULTS = ("success", "failure")
 BREAKER_STATES = ("closed", "half-open", "open")

@@ -11,6 +11,8 @@ skipped and counted as passed (passive health); ``max_per_hour`` caps synthetic 
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import asyncio
 import collections
 import json
@@ -25,6 +27,9 @@ import aiohttp
 
 from . import errors as E
 from .sse import SSEScanner
+
+if TYPE_CHECKING:  # the Runtime builds this module's objects; no import cycle at run time
+    from .app import Runtime
 
 log = logging.getLogger("proxy.probes")
 
@@ -90,7 +95,7 @@ def json_path_get(doc, path: str):
 class ProbeRunner:
     """Runs every configured probe in the background; see the module docstring."""
 
-    def __init__(self, rt, clock=time.monotonic, sleep=asyncio.sleep):
+    def __init__(self, rt: "Runtime", clock=time.monotonic, sleep=asyncio.sleep):
         self.rt = rt
         self.clock = clock
         self.sleep = sleep

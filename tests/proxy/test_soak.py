@@ -73,15 +73,12 @@ async def op_leave_mid_stream(s, url, rnd, tally):
 
 
 async def op_reset_mid(s, url, rnd, tally):
+    # a 100,000-byte answer cut by a reset: buffered whole (limits.max_buffered_response_bytes), so
+    # the client gets a clean 502 upstream_reset before any byte of it (streamed: a cut 200)
     async with s.post(f"{url}/reset_mid", data=b"x") as r:
-        if r.status == 502:
-            # the same race as in op_upload: a POST on a pooled connection the upstream was closing
-            assert (await r.json())["error"]["type"] == "upstream_reset"
-            tally["post_on_closing_connection"] += 1
-            return
-        assert r.status == 200
-        with pytest.raises(aiohttp.ClientPayloadError):
-            await r.read()
+        assert r.status == 502
+        assert (await r.json())["error"]["type"] == "upstream_reset"
+    tally["reset_mid_502"] += 1
 
 
 async def op_malformed(s, url, rnd, tally):
@@ -115,7 +112,7 @@ async def test_soak_mixed_traffic_with_faults(make_proxy):
                             "upstream": {"keepalive_timeout": "4s", "max_connections": 32},
                             "circuit_breaker": {"enabled": False}, "probes": []})
     ops, weights = zip(*OPS)
-    tally = {"bytes_checked": 0, "events_checked": 0, "post_on_closing_connection": 0}
+    tally = {"bytes_checked": 0, "events_checked": 0, "post_on_closing_connection": 0, "reset_mid_502": 0}
     done: dict[str, int] = {}
     errors: list[str] = []
     samples: list[tuple[float, int, int]] = []
@@ -181,7 +178,7 @@ async def test_soak_mixed_traffic_with_faults(make_proxy):
     assert not errors, errors[:10]
     assert done.get("op_download", 0) > 20 and done.get("op_sse", 0) > 20 and done.get("op_upload", 0) > 10
     assert tally["bytes_checked"] > 10_000_000
-    posts = done.get("op_upload", 0) + done.get("op_reset_mid", 0)
+    posts = done.get("op_upload", 0)
     assert tally["post_on_closing_connection"] <= max(3, posts // 50)
     assert end_state["in_flight"] <= 1 and end_state["waiting"] == 0  # the status request itself
     assert end_state["open"] <= 32

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from . import errors as E
 from .exchange import Exchange
-from .headers import DOWN_STRIP, URL_HEADERS, client_host, client_url, connection_tokens, upstream_head
+from .headers import DOWN_STRIP, URL_HEADERS, client_host, client_url, connection_tokens, upstream_head, upstream_strip
 from .langgraph import DisconnectIntent
 from .outcome import IDEMPOTENT, count_failure
 from .sse import SSEScanner
@@ -71,6 +71,13 @@ async def write_within(writer, deadline: float, why: str, loop) -> None:
         raise E.ClientSlow("client_write", f"the client read nothing of its answer within {why}") from None
 
 
+class WholeResponse(web.StreamResponse):
+    """A whole answer the ``deliver`` layer writes: its headers go out with its first bytes, in
+    one write (as aiohttp's ``Response`` does), not ahead of them as for a stream."""
+
+    _send_headers_immediately = False
+
+
 class Forwarder:
     """Forwards an exchange upstream through ``pool``; the contract of every layer:
     ``await forwarder(request, ex) -> StreamResponse`` (already sent when streamed, or a whole
@@ -90,6 +97,9 @@ class Forwarder:
         self.body_read_timeout = server.body_read_timeout
         self.write_timeout = server.client_write_timeout
         self.deadline_header = deadline_header.encode() if deadline_header else None
+        # the client's own trace context and deadline header are replaced by ours, never doubled
+        self.strip_up = upstream_strip([b"traceparent", b"tracestate"]
+                                       + ([self.deadline_header.lower()] if self.deadline_header else []))
         self.on_client_gone = on_client_gone
         self.run_tracker = run_tracker
         self.metrics = metrics
@@ -187,7 +197,7 @@ class Forwarder:
         head = upstream_head(method, request.raw_path, request.raw_headers,
                              upstream=self.pool, preserve_host=route.preserve_host, request_id=ex.request_id,
                              client_ip=ex.client_ip, proto=request.scheme, body_framing=framing,
-                             extra=extra)
+                             extra=extra, strip=self.strip_up)
         if body:
             head += body
 
@@ -318,7 +328,7 @@ class Forwarder:
                     if head is not None:
                         break
                 tracker.wait_body(ex, head or b"")
-            resp = web.StreamResponse(status=status, headers=hdrs)
+            resp = WholeResponse(status=status, headers=hdrs)
             resp.content_length = clen
             return resp
 

@@ -88,16 +88,23 @@ def client_host(raw_headers) -> bytes | None:
     return None
 
 
+def upstream_strip(extra_names=()) -> frozenset[bytes]:
+    """The client headers never passed up as they are: hop-by-hop, the ones the proxy rewrites,
+    and ``extra_names`` (lower-case) the proxy sets itself (trace context, deadline header)."""
+    return _STRIP_UP | frozenset(extra_names)
+
+
 def upstream_head(method: str, target: str, raw_headers, *, upstream, preserve_host: bool, request_id: str,
                   client_ip: str | None, proto: str, body_framing: bytes | None,
-                  extra: list[tuple[bytes, bytes]] | None = None) -> bytes:
+                  extra: list[tuple[bytes, bytes]] | None = None, strip: frozenset[bytes] = _STRIP_UP) -> bytes:
     """Serialize the request head sent upstream.
 
     ``upstream`` gives the base path and its own ``host_header``; with ``preserve_host`` the
     client's Host goes up instead (as nginx ``proxy_set_header Host $host``), so the URLs the
     server builds from it name the address the client used. ``body_framing`` is
     ``b"Content-Length: N"``, ``b"Transfer-Encoding: chunked"`` or None (no body). ``extra``
-    headers (lower-case names) replace any client header of the same name.
+    headers are added; ``strip`` (see :func:`upstream_strip`) must name them, so they replace
+    any client header of the same name.
     """
     xff = None
     orig_host = client_host(raw_headers)
@@ -105,8 +112,6 @@ def upstream_head(method: str, target: str, raw_headers, *, upstream, preserve_h
     parts = [method.encode("ascii"), b" ", upstream_target(upstream, target).encode("utf-8", "surrogateescape"),
              b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
     conn_listed = None
-    # headers the proxy sets itself (trace context, deadline) replace the client's of that name
-    strip = _STRIP_UP if not extra else _STRIP_UP | {k.lower() for k, _ in extra}
     for k, v in raw_headers:
         kl = k.lower()
         if kl in strip:
@@ -123,7 +128,8 @@ def upstream_head(method: str, target: str, raw_headers, *, upstream, preserve_h
             dropped |= {b"connection"}
             return upstream_head(method, target, [(k, v) for k, v in raw_headers if k.lower() not in dropped],
                                  upstream=upstream, preserve_host=preserve_host, request_id=request_id,
-                                 client_ip=client_ip, proto=proto, body_framing=body_framing, extra=extra)
+                                 client_ip=client_ip, proto=proto, body_framing=body_framing, extra=extra,
+                                 strip=strip)
     if client_ip:
         cip = client_ip.encode("ascii")
         xff = cip if xff is None else xff + b", " + cip

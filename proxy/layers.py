@@ -12,6 +12,7 @@ from typing import Any
 
 from . import errors as E
 from .exchange import Exchange
+from .forward import write_within
 from .headers import request_id_from
 from .tracing import from_headers
 from .websocket import is_upgrade
@@ -153,22 +154,19 @@ class Deliver:
                 return resp
             if self.draining():
                 resp.force_close()
-            deadline = self.loop.time() + self.write_timeout
-            why = f"server.client_write_timeout ({self.write_timeout:g}s)"
-            if ex.deadline is not None and ex.deadline < deadline:
-                deadline, why = ex.deadline, "the request deadline"
             ex.headers_sent = True
             parts = ex.answer
             try:
-                async with asyncio.timeout_at(deadline):
-                    await resp.prepare(request)
-                    writer = request.writer
-                    while parts:
-                        # chunk by chunk, each freed once written: never a joined copy of the answer
-                        await writer.write(parts.popleft())
-                    await resp.write_eof()
-            except TimeoutError:
-                raise E.ClientSlow("client_write", f"the client read nothing of its answer within {why}") from None
+                await resp.prepare(request)
+                writer = request.writer
+                proto = writer.protocol
+                while parts:
+                    # chunk by chunk, each freed once written (never a joined copy); a timer only
+                    # when the client's socket is full, so a client that keeps up costs none
+                    await writer.write(parts.popleft(), drain=False)
+                    if proto.writing_paused:
+                        await self._wait(writer, ex)
+                await resp.write_eof()
             except _CLIENT_GONE:
                 raise E.ClientGone() from None
             return resp
@@ -177,6 +175,13 @@ class Deliver:
                 self.buffers.give(ex.buffered)
                 ex.buffered = 0
                 ex.answer = None
+
+    async def _wait(self, writer, ex) -> None:
+        deadline = self.loop.time() + self.write_timeout
+        why = f"server.client_write_timeout ({self.write_timeout:g}s)"
+        if ex.deadline is not None and ex.deadline < deadline:
+            deadline, why = ex.deadline, "the request deadline"
+        await write_within(writer, deadline, why, self.loop)
 
 
 class Upgrade:

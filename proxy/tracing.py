@@ -136,13 +136,22 @@ def continue_or_start(traceparent: str | None, tracestate: str | None = None,
         if ts and (len(ts) > _TRACESTATE_MAX or not ts.isascii() or not ts.isprintable()):
             ts = None
         return TraceContext(trace_id, new_span_id(), parent_id, flags & 0xff, ts or None, False)
+    return start(sample_ratio)
+
+
+def start(sample_ratio: float = 1.0) -> TraceContext:
+    """A new trace: one random draw gives the trace id and the proxy's span id."""
     sampled = sample_ratio >= 1 or _rand.random() < sample_ratio
-    return TraceContext(new_trace_id(), new_span_id(), None, 1 if sampled else 0, None, True)
+    ids = "%048x" % (_rand.getrandbits(192) | (1 << 64) | 1)  # neither id all zero (invalid in W3C)
+    return TraceContext(ids[:32], ids[32:], None, 1 if sampled else 0, None, True)
 
 
 def from_headers(headers, sample_ratio: float = 1.0) -> TraceContext:
-    """:func:`continue_or_start` from a multidict (aiohttp's ``request.headers``)."""
-    tp = headers.getall("traceparent", ())
+    """:func:`continue_or_start` from a multidict (aiohttp's ``request.headers``). Without a
+    ``traceparent`` (most requests) its ``tracestate`` means nothing (W3C): one lookup."""
+    if "traceparent" not in headers:
+        return start(sample_ratio)
+    tp = headers.getall("traceparent")
     ts = headers.getall("tracestate", ())
     return continue_or_start(tp[0] if len(tp) == 1 else None, ",".join(ts) if ts else None, sample_ratio)
 

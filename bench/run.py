@@ -803,6 +803,13 @@ TARGETS = [  # (label, test on the summary dict S, shown value)
      lambda S: "%+.1f%% over %d req" % (S["soak"]["growth_vs_warm_pct"], S["soak"]["requests"])),
     ("all features <= 1.3x proxy-min (get CPU/req)", lambda S: S["get_us"]["proxy"] <= 1.3 * S["get_us"]["proxy-min"],
      lambda S: "%.2fx" % (S["get_us"]["proxy"] / S["get_us"]["proxy-min"])),
+    # against the previous release in the same run (column proxy-base, BENCH_BASELINE)
+    ("no regression: get CPU/req <= 1.05x proxy-base", lambda S: S["get_us"]["proxy"] <= 1.05 * S["get_us"]["proxy-base"],
+     lambda S: "%.2fx (%.1f vs %.1f us)" % (S["get_us"]["proxy"] / S["get_us"]["proxy-base"], S["get_us"]["proxy"], S["get_us"]["proxy-base"])),
+    ("no regression: SSE 1k p99 <= 1.05x proxy-base", lambda S: S["sse_p99"]["proxy"] <= 1.05 * S["sse_p99"]["proxy-base"],
+     lambda S: "%.2fx (%.2f vs %.2f ms)" % (S["sse_p99"]["proxy"] / S["sse_p99"]["proxy-base"], S["sse_p99"]["proxy"], S["sse_p99"]["proxy-base"])),
+    ("burst into the defaults: every stream completes", lambda S: S["burst"]["proxy-defaults"][1] == 0,
+     lambda S: "ok %d failed %d (nginx ok %d failed %d)" % (S["burst"]["proxy-defaults"] + S["burst"]["nginx"])),
 ]
 
 
@@ -828,6 +835,9 @@ def summary(raw):
                 adds50.append(r["p50_ms"] - d[0]["p50_ms"])
                 adds99.append(r["p99_ms"] - d[0]["p99_ms"])
         S["lat_add"][c] = (med(adds50), med(adds99), rng(adds50), rng(adds99))
+        bu = R.get("burst", {}).get(c)
+        if bu:
+            S.setdefault("burst", {})[c] = (sum(r.get("ok") or 0 for r in bu), sum(r.get("failed") or 0 for r in bu))
         b = R.get("sse10k", {}).get(c)
         if b:
             S["big"][c] = {"events": b[0].get("events") or 0, "expected": b[0].get("expected") or 0,

@@ -32,7 +32,6 @@ SMALL = 64 * 1024  # request bodies up to this are read whole (a retry can resen
 _CLIENT_GONE = E.CLIENT_GONE
 
 
-
 class BufferBudget:
     """The process-wide bound on whole answers held in memory for slow clients.
 
@@ -41,12 +40,11 @@ class BufferBudget:
     reload never forgets what is held.
     """
 
-    __slots__ = ("limit", "used", "gauge")
+    __slots__ = ("limit", "used")
 
-    def __init__(self, limit: int, gauge=None):
+    def __init__(self, limit: int):
         self.limit = limit
         self.used = 0
-        self.gauge = gauge
 
     def take(self, n: int) -> bool:
         if self.used + n > self.limit:
@@ -58,14 +56,20 @@ class BufferBudget:
         self.used -= n
 
 
-async def write_within(writer, deadline: float, why: str, loop) -> None:
-    """Wait until the client's socket takes more bytes, at most until ``deadline`` (loop time).
+async def write_within(writer, loop, write_timeout: float, deadline: float | None, deadline_kind: str) -> None:
+    """Wait until the client's socket takes more bytes, for ``server.client_write_timeout`` at
+    most, or until the exchange's own ``deadline`` (loop time; None: none) if that comes first:
+    every deadline holds while the proxy waits on a slow client.
 
     Only called when the transport is paused (the client reads slower than we write), so a
     client that keeps up never pays for a timer.
     """
+    until = loop.time() + write_timeout
+    why = f"server.client_write_timeout ({write_timeout:g}s)"
+    if deadline is not None and deadline < until:
+        until, why = deadline, f"the {deadline_kind} deadline"
     try:
-        async with asyncio.timeout_at(deadline):
+        async with asyncio.timeout_at(until):
             await writer.drain()
     except TimeoutError:
         raise E.ClientSlow("client_write", f"the client read nothing of its answer within {why}") from None
@@ -80,8 +84,8 @@ class WholeResponse(web.StreamResponse):
 
 class Forwarder:
     """Forwards an exchange upstream through ``pool``; the contract of every layer:
-    ``await forwarder(request, ex) -> StreamResponse`` (already sent when streamed, or a whole
-    ``web.Response`` that the ``deliver`` layer writes).
+    ``await forwarder(request, ex) -> StreamResponse`` (already sent when streamed, or an unsent
+    :class:`WholeResponse` whose chunks are in ``ex.answer``, written by the ``deliver`` layer).
 
     ``on_client_gone(ex)`` is called (synchronously) when a client leaves mid-response, e.g. to
     cancel a LangGraph run; ``max_body`` bounds streamed request bodies (413 / abort).
@@ -379,10 +383,10 @@ class Forwarder:
                 sent += len(chunk)
                 await writer.write(chunk, drain=False)
                 if proto.writing_paused:
-                    await self._drain(writer, conn, write_timeout)
+                    await write_within(writer, loop, write_timeout, conn.total_at, conn.total_kind)
             ex.upstream_time = monotonic() - ex.upstream_start
             if proto.writing_paused:
-                await self._drain(writer, conn, write_timeout)
+                await write_within(writer, loop, write_timeout, conn.total_at, conn.total_kind)
             await resp.write_eof()
             completed = True
         except E.ClientSlow as e:
@@ -407,7 +411,7 @@ class Forwarder:
                     prefix = b"\r\n\r\n" if scanner.mid_event else b""
                     await writer.write(prefix + E.sse_error_event(e.type, str(e), ex.request_id), drain=False)
                     if proto.writing_paused:
-                        await self._drain(writer, conn, write_timeout)
+                        await write_within(writer, loop, write_timeout, conn.total_at, conn.total_kind)
                 except (E.ClientSlow, *_CLIENT_GONE):
                     pass
             tr = request.transport
@@ -438,17 +442,6 @@ class Forwarder:
                 if usage is not None:
                     usage.end_body()
         return resp
-
-    async def _drain(self, writer, conn: UpstreamConnection, write_timeout: float) -> None:
-        """The client's socket is full: wait for it within the write timeout and the exchange's
-        own deadline (request or stream), which hold even while we wait on the client."""
-        deadline = self.loop.time() + write_timeout
-        why = f"server.client_write_timeout ({write_timeout:g}s)"
-        if conn.total_at is not None and conn.total_at < deadline:
-            deadline = conn.total_at
-            why = f"the {conn.total_kind} deadline"
-        await write_within(writer, deadline, why, self.loop)
-
 
 async def _stop(task: asyncio.Task) -> None:
     """Cancel a helper task and wait for it, keeping its outcome quiet."""

@@ -165,7 +165,7 @@ class Deliver:
                     # when the client's socket is full, so a client that keeps up costs none
                     await writer.write(parts.popleft(), drain=False)
                     if proto.writing_paused:
-                        await self._wait(writer, ex)
+                        await write_within(writer, self.loop, self.write_timeout, ex.deadline, "request")
                 await resp.write_eof()
             except _CLIENT_GONE:
                 raise E.ClientGone() from None
@@ -175,13 +175,6 @@ class Deliver:
                 self.buffers.give(ex.buffered)
                 ex.buffered = 0
                 ex.answer = None
-
-    async def _wait(self, writer, ex) -> None:
-        deadline = self.loop.time() + self.write_timeout
-        why = f"server.client_write_timeout ({self.write_timeout:g}s)"
-        if ex.deadline is not None and ex.deadline < deadline:
-            deadline, why = ex.deadline, "the request deadline"
-        await write_within(writer, deadline, why, self.loop)
 
 
 class Upgrade:

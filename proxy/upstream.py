@@ -18,7 +18,8 @@ import httptools
 from .errors import PoolExhausted, UpstreamConnectError, UpstreamProtocolError, UpstreamReset, UpstreamTimeout
 
 # Body bytes queued per connection before we stop reading from the upstream socket (a client
-# slower than its upstream): the per-exchange bound is this plus one socket read (<= 256 KiB).
+# slower than its upstream): the per-exchange bound is this plus one socket read, which the
+# receive buffer below keeps to about twice its size.
 _HIGH_WATER = 32 * 1024
 _LOW_WATER = 8 * 1024
 _RCVBUF = 16 * 1024

@@ -95,8 +95,11 @@ async def _healthy(ctx: Ctx, tick: int) -> None:
 class Scenario:
     """A failure the proxy is driven through, and the alerts it must raise.
 
-    ``fires``: alert name → (labels the firing alert must carry, minutes after the failure starts
-    by which it must be firing). Every other alert must stay silent during the healthy ticks.
+    ``fires``: alert name → (labels the firing alert must carry, minutes after the failure is first
+    visible by which it must be firing). Every other alert must stay silent during the healthy ticks.
+    ``onset``: the tick whose scrape first shows the failure, read from the recording; by default the
+    first failure tick. Failures whose first sign comes after a real-time delay (a slow answer) use
+    it, so the test does not depend on how many ticks this machine runs per second.
     """
     name: str
     failure: Drive
@@ -105,6 +108,10 @@ class Scenario:
     healthy_ticks: int = 10
     failure_ticks: int = 20
     slow: bool = False      # over ~7 s of real time: the slow group (.ci/run and ci-checks run it)
+    onset: Callable[["Recording"], int] | None = None
+
+    def onset_tick(self, rec: "Recording") -> int:
+        return self.healthy_ticks if self.onset is None else self.onset(rec)
 
 
 @dataclass
@@ -236,9 +243,12 @@ def promtool_tests(sc: Scenario, rec: Recording) -> dict:
     inputs = [{"series": k, "values": encode(v)} for k, v in rec.series().items()]
     alerts = alert_rules()
     before = f"{sc.healthy_ticks - 1}m"
+    onset = sc.onset_tick(rec)
     tests = []
     for name, (labels, within) in sc.fires.items():
         assert name in alerts, name
+        assert onset - 1 + within < len(rec.scrapes), \
+            f"{name}: the failure showed at tick {onset}; {within} more ticks exceed the {len(rec.scrapes)} recorded"
         keys = sorted({"alertname", "alertstate", "severity"} | set(labels))
         want = {"alertname": name, "alertstate": "firing", "severity": alerts[name]["labels"]["severity"]} | labels
         tests.append({
@@ -247,7 +257,7 @@ def promtool_tests(sc: Scenario, rec: Recording) -> dict:
             "alert_rule_test": [{"eval_time": before, "alertname": name, "exp_alerts": []}],
             "promql_expr_test": [{
                 "expr": f'group by ({", ".join(keys)}) (ALERTS{{alertname="{name}", alertstate="firing"}})',
-                "eval_time": f"{sc.healthy_ticks - 1 + within}m",
+                "eval_time": f"{onset - 1 + within}m",
                 "exp_samples": [{"labels": series_name("", want), "value": 1}],
             }],
         })
@@ -339,11 +349,24 @@ async def saturated(ctx: Ctx, tick: int) -> None:
 
 async def slow_first_byte(ctx: Ctx, tick: int) -> None:
     # over the 2.5s SLO threshold; launched without waiting so ticks keep their pace and
-    # answers complete a few ticks later, as slow answers do
+    # answers complete a few ticks later (as slow answers do: see first_slow_answer)
     for _ in range(3):
         ctx.spawn(ctx.call("GET", "/delay/2.7"))
     await ctx.healthy_traffic()
     await asyncio.sleep(0.3)
+
+
+def first_slow_answer(rec: Recording) -> int:
+    """The first tick whose scrape counts an upstream first byte over the 2.5 s SLO threshold."""
+    for k, s in enumerate(rec.scrapes):
+        if not s:
+            continue
+        total = sum(v for (n, _), v in s.items() if n == "sidecar_upstream_time_to_first_byte_seconds_count")
+        fast = sum(v for (n, lab), v in s.items()
+                   if n == "sidecar_upstream_time_to_first_byte_seconds_bucket" and ("le", "2.5") in lab)
+        if total > fast:
+            return k
+    raise AssertionError("no answer over 2.5 s was ever scraped")
 
 
 async def proxy_gone(ctx: Ctx, tick: int) -> None:
@@ -380,10 +403,12 @@ SCENARIOS = [
              {"SidecarSaturation": (POD | {"resource": "concurrent_requests"}, 7), "SidecarShedding": (POD, 7), **BURN},
              overrides={"limits": {"max_concurrent_requests": 4}, "timeouts": {"first_byte": "5m"}}, slow=True),
     Scenario("slow_first_byte", slow_first_byte,
-             # the first slow answer is observed ~7 ticks in (2.7 s real at ~0.4 s per tick)
-             {"SidecarLatencyBudgetBurnFast": ({"job": TARGET["job"], "namespace": TARGET["namespace"]}, 13),
-              "SidecarLatencyBudgetBurnSlow": ({"job": TARGET["job"], "namespace": TARGET["namespace"]}, 26)},
-             failure_ticks=30, slow=True),
+             # counted from the first slow answer scraped (2.7 s of real time: 3 to 9 ticks in);
+             # probes every 5 s, so the ratio is the traffic's (3 slow of 6 a tick), not the machine's
+             {"SidecarLatencyBudgetBurnFast": ({"job": TARGET["job"], "namespace": TARGET["namespace"]}, 9),
+              "SidecarLatencyBudgetBurnSlow": ({"job": TARGET["job"], "namespace": TARGET["namespace"]}, 22)},
+             overrides={"probes": [PROBE | {"interval": "5s"}]},
+             failure_ticks=34, slow=True, onset=first_slow_answer),
     Scenario("proxy_gone", proxy_gone,
              {"SidecarScrapeFailing": (POD, 7), "SidecarMetricsAbsent": ({}, 12)}, failure_ticks=15),
 ]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import sys
 
@@ -68,11 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(cfg.logging.level, cfg.logging.format, cfg.secrets)
     import uvloop
 
+    from . import gcpolicy
     from .lifecycle import Lifecycle
 
     async def run() -> int:
-        gc.collect()
-        gc.freeze()  # start-up objects never need scanning again: cheaper GC pauses on the hot path
+        gcpolicy.setup()
         return await Lifecycle(cfg, args.config, args.ready_file).run()
 
     try:

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from . import __version__
 from . import config as C
 from . import errors as E
+from . import gcpolicy
 from .accept import GuardedAppRunner, make_server
 from .exchange import Exchange
 from .forward import BufferBudget, Forwarder
@@ -262,6 +263,7 @@ class Runtime:
             "capacity": {"in_flight": self.counts.active, "streams": self.counts.streams,
                          "buffered_bytes": self.buffers.used, "buffer_limit_bytes": self.buffers.limit},
             "breakers": {n: b.snapshot() for n, b in self.breakers.items()},
+            "gc": gcpolicy.stats(),
             "probes": self.probes.status() if self.probes is not None else {},
             "layers": self.pipeline.describe(),
             "routes": self.pipeline.table.names,

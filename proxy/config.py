@@ -131,6 +131,7 @@ class ServerConfig:
     keepalive_timeout: Duration = knob(Duration(75), gt=0, restart=True)  # idle client keep-alive connections are closed after this
     client_write_timeout: Duration = knob(Duration(30), gt=0)  # a client that reads nothing of its answer this long is cut
     max_connections: int = knob(10000, ge=1, restart=True)  # client connections beyond this are refused at accept
+    gc_full_interval: Duration = knob(Duration(600), gt=0)  # full garbage collection at most this often (proxy/gcpolicy.py)
     max_line_bytes: Size = knob(Size(8190), ge=64, restart=True)   # request line / URL longer → 414
     max_field_bytes: Size = knob(Size(8190), ge=64, restart=True)  # one header longer → 431
 

@@ -20,7 +20,7 @@ import os
 import signal
 
 from . import config as C
-from . import logs
+from . import gcpolicy, logs
 from .app import Runtime, start_servers
 
 log = logging.getLogger("proxy.lifecycle")
@@ -62,6 +62,7 @@ class Lifecycle:
             raise
         self.servers = (traffic, tserver, runner)
         self.tasks.append(loop.create_task(self._lag_monitor()))
+        self.tasks.append(loop.create_task(gcpolicy.periodic(lambda: self.rt.cfg.server.gc_full_interval)))
         if self.config_path:
             self.tasks.append(loop.create_task(self._watch_config()))
         from .probes import ProbeRunner

@@ -23,13 +23,25 @@ Scenarios, every repetition interleaved over the columns (A B C D E, rotated eac
            must complete, no 5xx (the capacity model: admission at limits, a pool that follows it)
   static   GET /small with a static nginx upstream on CPU1, so the proxy saturates CPU0: capacity
   soak     1,000,000 requests through the proxy (static upstream): RSS before/after
+  streams  stream scale, NOT in the default list (~8 min at 3 reps, ~5.5 with --only nginx,proxy;
+           ask for it: --scenarios streams, or --scenarios all): per rep, for K in --streams-k
+           (5,000 and ~10,000, capped by the fd limit as sse10k) concurrent SSE streams x
+           --streams-events (20) events @1 s, 10% of them
+           LangGraph runs (POST /threads/{id}/runs/stream) whose `messages` events carry token usage;
+           columns direct, nginx, proxy as sse10k (a proxy variant only when --only names it), rotated,
+           each run on a freshly started, warmed-up column process: steady p99 event delay, time to
+           first event, peak RSS, RSS per stream above that process's idle RSS, every event counted,
+           and the LLM tokens the proxy counted (its /metrics) against what the streams carried
 Idle RSS of every column is read right after start.
 
 Primary figure: proxy CPU time per request (utime+stime of the process tree from /proc), then
 throughput, always as ratios inside one run. Every wrk run has -d, every SSE run a timeout, every
 loop a bound; every process started here is stopped through its own process group.
 
-usage: bench/run.sh [--quick] [--reps N] [--only direct,nginx,proxy] [--scenarios get,post,...]
+usage: bench/run.sh [--quick] [--reps N] [--only direct,nginx,proxy] [--scenarios get,post,...|all]
+       bench/run.sh --scenarios streams --only nginx,proxy          (stream scale alone, ~5.5 min)
+The report is written to docs/benchmarks.md (--docs) only by a full run: not --quick, and every
+default scenario selected (a subset would replace the full report with a partial one).
 """
 from __future__ import annotations
 
@@ -39,13 +51,13 @@ import json
 import os
 import platform
 import re
-import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -59,7 +71,14 @@ EXTRA_COLUMNS = ("proxy-buf", "proxy-null", "proxy-defaults", "proxy-base")
 # proxy-base: the same production config run from another checkout (BENCH_BASELINE=/path, e.g. a
 # `git worktree` of the previous release), so a change is measured against its baseline in one run
 BASELINE = os.environ.get("BENCH_BASELINE")
-ALL_SCENARIOS = ("get", "post", "lat", "sse1k", "sse10k", "burst", "static", "soak")
+ALL_SCENARIOS = ("get", "post", "lat", "sse1k", "sse10k", "burst", "static", "soak", "streams")
+# streams: 3 reps x 2 sizes x (20 events + ~7 s start, warm-up, stop) = ~5.5 min for nginx+proxy, ~8 min
+# with direct too: more than a default run may grow, so only on request
+DEFAULT_SCENARIOS = tuple(s for s in ALL_SCENARIOS if s != "streams")
+# columns the streams scenario runs on (when selected); proxy-defaults would shed at its default limits
+STREAMS_COLUMNS = ("direct", "nginx", "proxy", "proxy-min", "proxy-buf", "proxy-null", "proxy-base")
+STREAMS_TARGET_K = (5000, 10000)  # the sizes the stream-scale targets name (requested, before the fd cap)
+USAGE_INPUT_TOKENS = 7  # bench/upstream.py: input tokens per LLM call of a usage stream (+1 output per event)
 
 
 # ----------------------------------------------------------------------------- processes
@@ -350,12 +369,14 @@ def run_wrk(t, a, path, script=None, duration=None, conns=None):
     return r
 
 
-def run_sse(t, a, k, events, interval_ms, timeout_s, stagger_ms=None):
+def run_sse(t, a, k, events, interval_ms, timeout_s, stagger_ms=None, usage_share=None):
     cmd = ["taskset", "-c", a.client_cpus, sys.executable, os.path.join(HERE, "sse_client.py"),
            "http://127.0.0.1:%d" % t.port, "-k", str(k), "--events", str(events),
            "--interval-ms", str(interval_ms), "--timeout-s", str(timeout_s)]
     if stagger_ms is not None:
         cmd += ["--stagger-ms", str(stagger_ms)]
+    if usage_share:
+        cmd += ["--usage-share", str(usage_share)]
     pids = t.pids()
     if pids:
         reset_hwm(pids)
@@ -364,15 +385,15 @@ def run_sse(t, a, k, events, interval_ms, timeout_s, stagger_ms=None):
     def go():
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s + 30)
-            return p.stdout, p.stderr
+            return p.stdout, p.stderr, p.returncode
         except subprocess.TimeoutExpired as e:
-            return "", "sse_client timed out: %s" % (e.stderr or b"")[-500:]
+            return "", "sse_client timed out: %s" % (e.stderr or b"")[-500:], None
 
-    (out, err), ex = measure(t, go)
+    (out, err, rc), ex = measure(t, go)
     try:
         r = json.loads(out.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        r = {"error": (out + err)[-1000:]}
+        r = {"error": ("sse_client rc=%s: " % rc) + (out + err)[-1000:]}
     pids = t.pids() or pids
     r.update(ex)
     if pids:
@@ -382,6 +403,25 @@ def run_sse(t, a, k, events, interval_ms, timeout_s, stagger_ms=None):
         ev = r.get("events") or 0
         r["cpu_us_per_event"] = (1e6 * ex["proxy_cpu_s"] / ev) if ev else None
     return r
+
+
+def llm_counters(admin_port):
+    """The proxy's LLM usage counters (sidecar_llm_*_total on its admin /metrics), summed over labels."""
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % admin_port, timeout=5) as f:
+            text = f.read().decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return None
+    out = {"calls": 0, "unparsed": 0, "input": 0, "output": 0}
+    for m in re.finditer(r"^sidecar_llm_(tokens|calls|events_unparsed)_total\{([^}]*)\}\s+(\S+)$", text, re.M):
+        kind, labels, v = m.group(1), m.group(2), int(float(m.group(3)))
+        if kind == "tokens":
+            typ = re.search(r'type="([^"]*)"', labels)
+            if typ and typ.group(1) in ("input", "output"):
+                out[typ.group(1)] += v
+        else:
+            out["calls" if kind == "calls" else "unparsed"] += v
+    return out
 
 
 # ----------------------------------------------------------------------------- stats
@@ -420,7 +460,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 rep, short runs, 2k big-SSE, 100k soak (~2-3 min)")
     ap.add_argument("--only", default="", help="comma list of columns (default: all)")
-    ap.add_argument("--scenarios", default=",".join(ALL_SCENARIOS))
+    ap.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
+                    help="comma list (default: %(default)s); 'all' adds streams (stream scale, ~8 min)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--duration", type=int, default=4, help="wrk seconds per get/post run")
     ap.add_argument("--lat-duration", type=int, default=5)
@@ -432,6 +473,14 @@ def main():
     ap.add_argument("--sse-big-events", type=int, default=10, help="events per stream in the big run (1 s apart)")
     ap.add_argument("--sse-big-stagger-ms", type=int, default=None,
                     help="spread the big run's stream starts over this many ms (default: one interval, 1 s)")
+    ap.add_argument("--streams-k", default=None,
+                    help="streams: comma list of concurrent stream counts (default 5000,10000; --quick 1000,2000), "
+                         "each capped at (fd limit - 64) / 2")
+    ap.add_argument("--streams-events", type=int, default=None,
+                    help="streams: events per stream, 1 s apart (default 20; --quick 8); the first 5 of each "
+                         "stream are left out of the steady delay, so use more than 5")
+    ap.add_argument("--streams-usage-share", type=float, default=0.1,
+                    help="streams: share of the streams that are LangGraph runs with token usage")
     ap.add_argument("--soak-requests", type=int, default=1_000_000)
     ap.add_argument("--soak-chunk", type=int, default=15, help="wrk seconds per soak chunk (RSS sampled between)")
     ap.add_argument("--max-minutes", type=float, default=9.5, help="optional work (steal re-runs) stops past this")
@@ -441,7 +490,7 @@ def main():
     ap.add_argument("--client-cpus", default="1")
     ap.add_argument("--base-port", type=int, default=18180)
     ap.add_argument("--docs", default=None, help="write this markdown report (default: docs/benchmarks.md "
-                    "for a full run, none for --quick)")
+                    "for a full run: every default scenario, not --quick; none otherwise)")
     ap.add_argument("--profile-summary", default=os.path.join(HERE, "profile", "summary.md"),
                     help="markdown included in the docs report if it exists (made by bench/profile.py)")
     ap.add_argument("--out", default=os.path.join(os.environ.get("BENCH_RESULTS", "/tmp/sidecar-bench"),
@@ -464,10 +513,21 @@ def main():
         a.reps, a.duration, a.lat_duration = 1, 2, 3
         a.sse_events, a.sse_big_k, a.sse_big_events = 10, 2000, 5
         a.soak_requests, a.soak_chunk = 100_000, 6
-    if a.docs is None and not a.quick:
+    if a.streams_k is None:
+        a.streams_k = "1000,2000" if a.quick else "5000,10000"
+    if a.streams_events is None:
+        a.streams_events = 8 if a.quick else 20
+    if a.scenarios == "all":
+        a.scenarios = ",".join(ALL_SCENARIOS)
+    scen = [x for x in a.scenarios.split(",") if x]
+    if a.docs is None and not a.quick and set(DEFAULT_SCENARIOS) <= set(scen):
         a.docs = os.path.join(REPO, "docs", "benchmarks.md")
     nofile = nofile_limit()
     big_k = min(a.sse_big_k, (nofile - 64) // 2)
+    try:  # (requested K, K run): the targets name the requested size, the table the one run
+        streams_ks = [(int(x), min(int(x), (nofile - 64) // 2)) for x in a.streams_k.split(",") if x.strip()]
+    except ValueError:
+        ap.error("--streams-k: comma list of integers, got %r" % a.streams_k)
 
     os.makedirs(a.out, exist_ok=True)
     rd = os.path.join(a.out, "run")
@@ -475,7 +535,6 @@ def main():
     for d in ("nginx_body", "nginx_proxy", "nginx_fcgi", "nginx_uwsgi", "nginx_scgi"):
         os.makedirs(os.path.join(rd, d), exist_ok=True)
     only = [x for x in a.only.split(",") if x] or list(ALL_COLUMNS)
-    scen = [x for x in a.scenarios.split(",") if x]
     bad = [x for x in scen if x not in ALL_SCENARIOS] + [x for x in only if x not in ALL_COLUMNS + EXTRA_COLUMNS]
     if bad:
         ap.error("unknown: %s" % ", ".join(bad))
@@ -498,6 +557,8 @@ def main():
         with open(cfgp, "w") as f:
             f.write(proxy_yaml(port, admin, up_port, minimal, defaults=name == "proxy-defaults"))
         ready = os.path.join(rd, "%s-%s.ready" % (name, tag))
+        if os.path.exists(ready):  # from an earlier start with this tag (streams starts one per run)
+            os.unlink(ready)
         # PYTHONUNBUFFERED=1 as in the production image (Dockerfile); import list to stderr at start-up
         env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1", PYTHONUNBUFFERED="1")
         if name == "proxy-buf":
@@ -543,7 +604,7 @@ def main():
         return ts
 
     raw = {"started": datetime.datetime.now().isoformat(timespec="seconds"), "args": vars(a),
-           "host": host_info(), "nofile": nofile, "big_k": big_k, "runs": {}}
+           "host": host_info(), "nofile": nofile, "big_k": big_k, "streams_k": streams_ks, "runs": {}}
     raw["preflight"] = wait_quiet()
 
     def save():
@@ -555,19 +616,22 @@ def main():
         raw["runs"].setdefault(sname, {}).setdefault(t.name, []).append(r)
         save()
 
+    def run_one(sname, t, rep, fn, show):
+        """One run of one column; a run with steal > max is re-done once (while time allows)."""
+        r = fn(t)
+        if r.get("steal", 0) > a.max_steal and time.time() < deadline - 120:
+            print("  [%s rep%d] %s steal %.0f%%: re-run" % (sname, rep, t.name, r["steal"]), flush=True)
+            raw.setdefault("discarded", []).append(dict(r, scenario=sname, target=t.name))
+            r = fn(t)
+        record(sname, t, r, rep)
+        print("  [%s rep%d] %-9s %s steal=%.0f%%" % (sname, rep, t.name, show(r), r.get("steal", 0)), flush=True)
+
     def interleave(sname, targets, reps, fn, show):
-        """rep r runs the columns in an order rotated by r; a run with steal > max is re-done once
-        (while time allows)."""
+        """rep r runs the columns in an order rotated by r."""
         for rep in range(reps):
             order = targets[rep % len(targets):] + targets[:rep % len(targets)]
             for t in order:
-                r = fn(t)
-                if r.get("steal", 0) > a.max_steal and time.time() < deadline - 120:
-                    print("  [%s rep%d] %s steal %.0f%%: re-run" % (sname, rep, t.name, r["steal"]), flush=True)
-                    raw.setdefault("discarded", []).append(dict(r, scenario=sname, target=t.name))
-                    r = fn(t)
-                record(sname, t, r, rep)
-                print("  [%s rep%d] %-9s %s steal=%.0f%%" % (sname, rep, t.name, show(r), r.get("steal", 0)), flush=True)
+                run_one(sname, t, rep, fn, show)
 
     def show_wrk(r):
         return "rps=%s p50=%sms p99=%sms cpu=%sus/req cpu0=%s%% cpu1=%s%% err=%d%s" % (
@@ -580,6 +644,37 @@ def main():
             fmt(r.get("steady_p50_ms"), 2), fmt(r.get("steady_p99_ms"), 2), fmt(r.get("ttfb_p99_ms"), 1),
             r.get("events"), r.get("expected"), fmt(r.get("peak_rss_mb"), 1), fmt(r.get("proxy_cpu_pct")),
             r.get("errors") or r.get("error") or "")
+
+    def show_streams(r):
+        return "K=%s %s before=%sMB perStream=%sKiB cpu=%sus/ev llm=%s" % (
+            r.get("k"), show_sse(r), fmt(r.get("rss_before_mb"), 1), fmt(r.get("mem_per_stream_kib"), 1),
+            fmt(r.get("cpu_us_per_event"), 1),
+            "-" if not r.get("llm") else "calls %d in %d out %d unparsed %d" % (
+                r["llm"]["calls"], r["llm"]["input"], r["llm"]["output"], r["llm"]["unparsed"]))
+
+    def streams_run(name, k_req, k):
+        """One stream-scale run on a freshly started column process, warmed up first (50 short
+        streams, 10 of them with usage: first-time allocations, code paths, upstream pool), so its
+        RSS before the run is its idle RSS and nothing from an earlier size is in its heap."""
+        ft = start_targets(PORTS["direct"], "streams", [name])[0]
+        try:
+            run_sse(ft, a, 50, 3, 50, 30, usage_share=0.2)
+            time.sleep(0.5)
+            llm0 = llm_counters(ADMIN[name]) if name in ADMIN else None
+            r = run_sse(ft, a, k, a.streams_events, 1000, 60 + a.streams_events,
+                        usage_share=a.streams_usage_share)
+            r.update(k=k, k_req=k_req)
+            r.setdefault("streams", k)  # also when the client failed: the run still counts against the targets
+            r.setdefault("expected", k * a.streams_events)
+            if r.get("peak_rss_mb") is not None and r.get("rss_before_mb") is not None:
+                r["mem_per_stream_kib"] = (r["peak_rss_mb"] - r["rss_before_mb"]) * 1024.0 / k
+            llm1 = llm_counters(ADMIN[name]) if name in ADMIN else None
+            if llm0 is not None and llm1 is not None:  # what this run added (the warm-up counted too)
+                r["llm"] = {key: llm1[key] - llm0[key] for key in llm1}
+        finally:
+            if ft.proc:
+                stop(ft.proc)
+        return r
 
     lua_post = os.path.join(rd, "post.lua")
     with open(lua_post, "w") as f:
@@ -642,6 +737,25 @@ def main():
             for t in targets:
                 if t.proc:
                     stop(t.proc)
+            stop(up)
+            time.sleep(0.5)
+
+        # ------------------------------------------------ phase 1b: stream scale (fresh processes per run)
+        if "streams" in scen:
+            # as sse10k: direct, nginx, proxy; a proxy variant (proxy-min, proxy-base, ...) only when --only names it
+            cols = [Target(n, PORTS[n]) for n in only if n in (STREAMS_COLUMNS if a.only else ("direct", "nginx", "proxy"))]
+            print("== streams: K=%s x %d events @1 s, %.0f%% LangGraph runs with token usage; columns %s" % (
+                ",".join(str(k) for _, k in streams_ks), a.streams_events, 100 * a.streams_usage_share,
+                ",".join(t.name for t in cols)), flush=True)
+            up = start([py, os.path.join(HERE, "upstream.py"), "--port", str(PORTS["direct"])],
+                       os.path.join(rd, "upstream-streams.log"), a.upstream_cpus)
+            wait_port(PORTS["direct"], proc=up)
+            for rep in range(a.reps):
+                for k_req, k in streams_ks:
+                    i = rep % len(cols) if cols else 0
+                    for t in cols[i:] + cols[:i]:
+                        run_one("streams", t, rep, lambda t, k_req=k_req, k=k: streams_run(t.name, k_req, k),
+                                show_streams)
             stop(up)
             time.sleep(0.5)
 
@@ -813,6 +927,48 @@ TARGETS = [  # (label, test on the summary dict S, shown value)
 ]
 
 
+def errors_of(runs):
+    """The distinct client errors of some runs, shortened for a table cell."""
+    seen = set()
+    for r in runs:
+        seen.update(str(e) for e in (r.get("errors") or []))
+        if r.get("error"):
+            seen.add(str(r["error"])[:40])
+    return ",".join(sorted(seen))[:20] or "none"
+
+
+def _kname(k):
+    return "%dk" % (k // 1000) if k % 1000 == 0 else str(k)
+
+
+def streams_targets(S):
+    """Stream-scale targets, in the TARGETS style, for the sizes the targets name (5k, 10k; n/a when
+    not run) and for any other size that was run. Figures are medians over the reps."""
+    out = []
+    for kr in sorted(set(STREAMS_TARGET_K) | set(S.get("streams", {}))):
+        def P(S, key, col="proxy", kr=kr):
+            return S["streams"][kr][col][key]
+        n = "streams %s" % _kname(kr)
+        out += [
+            ("%s: steady p99 delay <= 1.5x nginx" % n, lambda S, P=P: P(S, "p99") <= 1.5 * P(S, "p99", "nginx"),
+             lambda S, P=P: "%.2fx (%.1f vs %.1f ms)" % (P(S, "p99") / P(S, "p99", "nginx"), P(S, "p99"),
+                                                         P(S, "p99", "nginx"))),
+            ("%s: peak RSS <= nginx" % n, lambda S, P=P: P(S, "peak") <= P(S, "peak", "nginx"),
+             lambda S, P=P: "%.2fx (%.0f vs %.0f MiB)" % (P(S, "peak") / P(S, "peak", "nginx"), P(S, "peak"),
+                                                          P(S, "peak", "nginx"))),
+            ("%s: every event delivered" % n,
+             lambda S, P=P: P(S, "expected") > 0 and P(S, "events") == P(S, "expected") and P(S, "failed") == 0,
+             lambda S, P=P, kr=kr: "%d/%d events, %d streams failed (K=%d, %d reps)" % (
+                 P(S, "events"), P(S, "expected"), P(S, "failed"), S["streams"][kr]["k"], P(S, "reps"))),
+            ("%s: TTFE p99 <= nginx" % n, lambda S, P=P: P(S, "ttfe99") <= P(S, "ttfe99", "nginx"),
+             lambda S, P=P: "%.2fx (%.0f vs %.0f ms)" % (P(S, "ttfe99") / P(S, "ttfe99", "nginx"), P(S, "ttfe99"),
+                                                         P(S, "ttfe99", "nginx"))),
+            ("%s: RSS per stream <= 12 KiB over idle" % n, lambda S, P=P: P(S, "per_stream") <= 12,
+             lambda S, P=P: "%.1f KiB (nginx %s)" % (P(S, "per_stream"), fmt(P(S, "per_stream", "nginx"), 1))),
+        ]
+    return out
+
+
 def summary(raw):
     R = raw["runs"]
 
@@ -845,6 +1001,16 @@ def summary(raw):
                            "peak": b[0].get("peak_rss_mb"), "failed": b[0].get("failed"),
                            "p99": b[0].get("steady_p99_ms"), "ttfb99": b[0].get("ttfb_p99_ms"),
                            "cpu_pct": b[0].get("proxy_cpu_pct"), "errors": b[0].get("errors") or b[0].get("error")}
+    S["streams"] = {}
+    for c, runs in R.get("streams", {}).items():
+        for kr in sorted({r.get("k_req") for r in runs if r.get("k_req") is not None}):
+            rs = [r for r in runs if r.get("k_req") == kr]
+            S["streams"].setdefault(kr, {"k": rs[0].get("k")})[c] = {
+                "p99": med([r.get("steady_p99_ms") for r in rs]), "ttfe99": med([r.get("ttfb_p99_ms") for r in rs]),
+                "peak": med([r.get("peak_rss_mb") for r in rs]), "per_stream": med([r.get("mem_per_stream_kib") for r in rs]),
+                "events": sum(r.get("events") or 0 for r in rs), "expected": sum(r.get("expected") or 0 for r in rs),
+                "failed": sum((r.get("failed") or 0) if r.get("ok") is not None else (r.get("streams") or 0) for r in rs),
+                "reps": len(rs)}
     return S
 
 
@@ -929,6 +1095,49 @@ def build_report(raw, a):
         row("time to first event p99 ms", [mm(rs.get(c, []), "ttfb_p99_ms", 1) for c in cols])
         row("first errors", [",".join(sorted({e for r in rs[c] for e in (r.get("errors") or [])}))[:20] or "none"
                              if c in rs else "-" for c in cols])
+    for kr in sorted(S["streams"]):
+        rs = {c: [r for r in R["streams"].get(c, []) if r.get("k_req") == kr] for c in cols}
+        reps = max(len(v) for v in rs.values())
+        ev = getattr(a, "streams_events", None) or 0
+        section("streams: %d concurrent SSE streams%s x %d events @1 s, %.0f%% LangGraph runs with token usage; "
+                "a fresh warmed-up process per run (median [min-max] of %d reps)" % (
+                    S["streams"][kr]["k"], "" if S["streams"][kr]["k"] == kr else " (%d asked, fd limit)" % kr, ev,
+                    100 * (getattr(a, "streams_usage_share", 0) or 0), reps))
+
+        def medc(c, key, rs=rs):
+            return med([r.get(key) for r in rs[c]])
+
+        def vs_nginx(key, nd=2, rs=rs):
+            return [fmt(ratio(medc(c, key), medc("nginx", key)), nd) if rs[c] else "-" for c in cols]
+        row("streams ok / failed (all reps)", ["%d/%d" % (sum(r.get("ok") or 0 for r in rs[c]), sum(
+            (r.get("failed") or 0) if r.get("ok") is not None else (r.get("streams") or 0) for r in rs[c]))
+            if rs[c] else "-" for c in cols])
+        row("events received / expected", ["%d/%d" % (sum(r.get("events") or 0 for r in rs[c]),
+                                                      sum(r.get("expected") or 0 for r in rs[c])) if rs[c] else "-" for c in cols])
+        row("p50 delay ms", [mm(rs[c], "steady_p50_ms", 2) for c in cols])
+        row("p99 delay ms", [mm(rs[c], "steady_p99_ms", 2) for c in cols])
+        row("  p99 x nginx", vs_nginx("steady_p99_ms"))
+        row("time to first event p50 / p99 ms", ["%s / %s" % (fmt(medc(c, "ttfb_p50_ms"), 1), fmt(medc(c, "ttfb_p99_ms"), 1))
+                                                 if rs[c] else "-" for c in cols])
+        row("  TTFE p99 x nginx", vs_nginx("ttfb_p99_ms"))
+        row("RSS before the run MiB", [mm(rs[c], "rss_before_mb", 1) for c in cols])
+        row("peak RSS MiB", [mm(rs[c], "peak_rss_mb", 1) for c in cols])
+        row("  peak RSS x nginx", vs_nginx("peak_rss_mb"))
+        row("KiB per stream (peak-before)/K", [mm(rs[c], "mem_per_stream_kib", 1) for c in cols])
+        row("proxy CPU us/event", [mm(rs[c], "cpu_us_per_event", 1) for c in cols])
+        row("proxy CPU %", [mm(rs[c], "proxy_cpu_pct") for c in cols])
+        # LLM usage the proxy counted (its /metrics, a fresh process per run) against what the usage
+        # streams carried: bench/upstream.py sends 7 input tokens per call and 1 output token per event
+        llm = {c: [r for r in rs[c] if r.get("llm")] for c in cols}
+        row("LLM calls counted / usage streams", ["%d/%d" % (sum(r["llm"]["calls"] for r in llm[c]),
+                                                             sum(r.get("usage_streams") or 0 for r in llm[c]))
+                                                  if llm[c] else "-" for c in cols])
+        row("LLM tokens in+out / carried", ["%d/%d" % (sum(r["llm"]["input"] + r["llm"]["output"] for r in llm[c]),
+                                                       sum((r.get("usage_streams") or 0) * USAGE_INPUT_TOKENS
+                                                           + (r.get("usage_events") or 0) for r in llm[c]))
+                                            if llm[c] else "-" for c in cols])
+        row("LLM events unparsed", [str(sum(r["llm"]["unparsed"] for r in llm[c])) if llm[c] else "-" for c in cols])
+        row("first errors", [errors_of(rs[c]) if rs[c] else "-" for c in cols])
     wrk_rows("static", "capacity: GET /small, static nginx upstream on CPU1, wrk -c%d %ds" % (a.conns, a.duration))
     if R.get("static"):
         row("capacity req/s per core (CPU0>=85%)", [fmt(S["cap"].get(c)) for c in cols])
@@ -945,7 +1154,7 @@ def build_report(raw, a):
         L.append("   RSS trajectory: " + " ".join("%dk:%.1f" % (c["requests"] // 1000, c["rss_mb"]) for c in sk["chunks"]))
     L.append("")
     L.append("-- targets (same-run ratios)")
-    for label, test, show in TARGETS:
+    for label, test, show in TARGETS + streams_targets(S):
         try:
             ok = "PASS" if test(S) else "FAIL"
             val = show(S)
@@ -963,6 +1172,15 @@ def build_report(raw, a):
     return "\n".join(L)
 
 
+def run_cmd(a):
+    """The bench/run.sh command line a run's report names."""
+    cmd = "bench/run.sh" + (" --quick" if a.quick else "")
+    sc = getattr(a, "scenarios", None)
+    if sc and sc != ",".join(DEFAULT_SCENARIOS):
+        cmd += " --scenarios " + ("all" if sc == ",".join(ALL_SCENARIOS) else sc)
+    return cmd
+
+
 def write_docs(path, raw, report, a):
     h = raw["host"]
     prof = ""
@@ -977,9 +1195,10 @@ def write_docs(path, raw, report, a):
     out = tmpl.format(
         date=raw["started"], cpu=h["cpu"], nproc=h["nproc"], kernel=h["kernel"], mem=h["mem"], os=h["os"],
         python=h["python"], nginx=h["nginx"], wrk=h["wrk"], nofile=raw["nofile"], big_k=raw["big_k"],
+        streams_events=getattr(a, "streams_events", None) or 20,
         elapsed="%.0f" % raw.get("elapsed_s", 0), report=report, profile=prof or "_(no profile summary found)_",
         access_sample=al.get("sample", "-"), reps=a.reps, soak_requests=sk.get("requests", "-"),
-        cmd="bench/run.sh" + (" --quick" if a.quick else ""))
+        cmd=run_cmd(a))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         f.write(out)

@@ -230,7 +230,8 @@ class Forwarder:
                     await asyncio.wait((pump, conn.hdr_fut), return_when=asyncio.FIRST_COMPLETED)
                     if pump.done() and pump.exception() is not None:
                         raise pump.exception()
-                status, raw = await conn.headers()
+                status, answer_head = await conn.headers()
+                answer_head = [answer_head]  # _respond takes it out: no frame keeps it past the headers
                 break
             except (E.UpstreamReset, E.UpstreamProtocolError) as e:
                 # a pooled connection the upstream had just closed: retry on a fresh one, only when
@@ -255,8 +256,9 @@ class Forwarder:
                 conn.abort()
                 self.pool.release(conn)
                 raise
+        head = None  # the request head (and small body) went up: the stream's frame keeps no copy
         try:
-            resp = await self._respond(request, ex, conn, status, raw)
+            resp = await self._respond(request, ex, conn, status, answer_head)
         finally:
             if pump is not None and not pump.done():
                 # the upstream answered before taking the whole body: the connection is spent
@@ -269,7 +271,9 @@ class Forwarder:
             await self.run_tracker.confirm(ex)
         return resp
 
-    async def _respond(self, request, ex: Exchange, conn: UpstreamConnection, status: int, raw) -> web.StreamResponse:
+    async def _respond(self, request, ex: Exchange, conn: UpstreamConnection, status: int,
+                       answer_head: list) -> web.StreamResponse:
+        raw = answer_head.pop()
         loop = self.loop
         ex.ttfb = monotonic() - ex.upstream_start
         ex.status = status
@@ -298,6 +302,7 @@ class Forwarder:
             dropped = connection_tokens(raw)
             hdrs = [(k, v) for k, v in hdrs if k.lower().encode("latin-1") not in dropped]
         hdrs.append(("X-Request-ID", ex.request_id))
+        del raw
         tracker = self.run_tracker if route.run_kind is not None else None
 
         if (not sse and clen is not None and ex.method != "HEAD" and clen <= self.max_buffered
@@ -337,6 +342,7 @@ class Forwarder:
             return resp
 
         resp = web.StreamResponse(status=status, headers=hdrs)
+        hdrs = None  # copied into resp.headers
         if clen is not None:
             resp.content_length = clen
         scanner = None

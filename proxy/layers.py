@@ -18,7 +18,10 @@ from .tracing import from_headers
 from .websocket import is_upgrade
 
 # The contract of every layer and of the forwarder: take the request and its Exchange, return the
-# response (already sent when streamed) or raise a proxy.errors exception.
+# response (already sent when streamed) or raise a proxy.errors exception. A layer that acts only
+# before the next one (request id, route, target check, deadline, the upgrade branch) is a plain
+# ``def`` returning the next handler's awaitable: no frame of it stays on the stack for the life of
+# a stream (thousands of streams: a frame each), and no resumption passes through it.
 Handler = Callable[[web.BaseRequest, Exchange], Awaitable[web.StreamResponse]]
 # One entry of the layer list in proxy/app.py: (name, class, settings); built as cls(next, **settings).
 LayerEntry = tuple[str, type, dict[str, Any]]
@@ -38,7 +41,7 @@ class RequestId:
         self.probes = probes
         self.sample_ratio = tracing.sample_ratio if tracing is not None and tracing.enabled else None
 
-    async def __call__(self, request, ex):
+    def __call__(self, request, ex):
         ex.request_id = rid = request_id_from(request.raw_headers)
         if self.probes and rid in self.probes:
             ex.probe = self.probes[rid].probe_name
@@ -47,7 +50,7 @@ class RequestId:
             ex.trace = from_headers(request.headers, self.sample_ratio)
         peer = request.transport.get_extra_info("peername") if request.transport is not None else None
         ex.client_ip = peer[0] if peer else None
-        return await self.next(request, ex)
+        return self.next(request, ex)
 
 
 class RouteMatch:
@@ -57,11 +60,11 @@ class RouteMatch:
         self.next = next_handler
         self.table = table
 
-    async def __call__(self, request, ex):
+    def __call__(self, request, ex):
         path = ex.path
         q = path.find("?")
         ex.route = self.table.match(ex.method, path if q < 0 else path[:q])
-        return await self.next(request, ex)
+        return self.next(request, ex)
 
 
 def check_target(request) -> None:
@@ -87,9 +90,9 @@ class TargetCheck:
     def __init__(self, next_handler):
         self.next = next_handler
 
-    async def __call__(self, request, ex):
+    def __call__(self, request, ex):
         check_target(request)
-        return await self.next(request, ex)
+        return self.next(request, ex)
 
 
 class Errors:
@@ -184,7 +187,7 @@ class Upgrade:
         self.next = next_handler
         self.relay = relay
 
-    async def __call__(self, request, ex):
+    def __call__(self, request, ex):
         if "Upgrade" in request.headers and is_upgrade(request):
-            return await self.relay(request, ex)
-        return await self.next(request, ex)
+            return self.relay(request, ex)
+        return self.next(request, ex)

@@ -14,9 +14,10 @@ class Deadline:
         self.next = next_handler
         self.loop = loop
 
-    async def __call__(self, request, ex):
+    def __call__(self, request, ex):
+        # acts only before the next layer: a plain def returning its awaitable (see proxy/layers.py)
         if ex.deadline is None:
             total = ex.route.timeouts.request
             if total:
                 ex.deadline = self.loop.time() + total
-        return await self.next(request, ex)
+        return self.next(request, ex)

@@ -9,6 +9,8 @@ Columns (each a separate process, pinned to CPU0; upstream and load generators o
   proxy-min  the same with access_log: false and circuit_breaker.enabled: false
              (metrics cannot be switched off in the proxy)
   naive      bench/naive_proxy.py: a plain aiohttp ClientSession proxy (reference)
+  floor      bench/floor_proxy.py (only when --only names it): the thinnest relay on the proxy's own
+             stack (aiohttp low-level server, uvloop, proxy/upstream.py), no feature: the stack's floor
 
 Scenarios, every repetition interleaved over the columns (A B C D E, rotated each rep):
   get      wrk -t1 -c64 GET /small (237 B JSON)
@@ -67,7 +69,7 @@ STARTED: list[subprocess.Popen] = []
 ALL_COLUMNS = ("direct", "nginx", "proxy", "proxy-min", "naive")
 # optional (ablation) columns, only with --only: the full proxy with a block-buffered stdout
 # (PYTHONUNBUFFERED unset; the image sets it to 1), and with the access log to /dev/null
-EXTRA_COLUMNS = ("proxy-buf", "proxy-null", "proxy-defaults", "proxy-base")
+EXTRA_COLUMNS = ("proxy-buf", "proxy-null", "proxy-defaults", "proxy-base", "floor")
 # proxy-base: the same production config run from another checkout (BENCH_BASELINE=/path, e.g. a
 # `git worktree` of the previous release), so a change is measured against its baseline in one run
 BASELINE = os.environ.get("BENCH_BASELINE")
@@ -76,7 +78,7 @@ ALL_SCENARIOS = ("get", "post", "lat", "sse1k", "sse10k", "burst", "static", "so
 # with direct too: more than a default run may grow, so only on request
 DEFAULT_SCENARIOS = tuple(s for s in ALL_SCENARIOS if s != "streams")
 # columns the streams scenario runs on (when selected); proxy-defaults would shed at its default limits
-STREAMS_COLUMNS = ("direct", "nginx", "proxy", "proxy-min", "proxy-buf", "proxy-null", "proxy-base")
+STREAMS_COLUMNS = ("direct", "nginx", "proxy", "proxy-min", "proxy-buf", "proxy-null", "proxy-base", "floor")
 STREAMS_TARGET_K = (5000, 10000)  # the sizes the stream-scale targets name (requested, before the fd cap)
 USAGE_INPUT_TOKENS = 7  # bench/upstream.py: input tokens per LLM call of a usage stream (+1 output per event)
 
@@ -540,7 +542,8 @@ def main():
         ap.error("unknown: %s" % ", ".join(bad))
     bp = a.base_port
     PORTS = {"direct": bp, "nginx": bp + 1, "naive": bp + 3, "proxy": bp + 4, "proxy-min": bp + 5,
-             "proxy-buf": bp + 7, "proxy-null": bp + 8, "proxy-defaults": bp + 10, "proxy-base": bp + 11}
+             "proxy-buf": bp + 7, "proxy-null": bp + 8, "proxy-defaults": bp + 10, "proxy-base": bp + 11,
+             "floor": bp + 12}
     ADMIN = {"proxy": bp + 14, "proxy-min": bp + 15, "proxy-buf": bp + 17, "proxy-null": bp + 18,
              "proxy-defaults": bp + 20, "proxy-base": bp + 21}
     static_port, soak_port, soak_admin = bp + 9, bp + 6, bp + 16
@@ -595,6 +598,11 @@ def main():
                            "--upstream", "http://127.0.0.1:%d" % up_port, "--limit", "20000"],
                           os.path.join(rd, "naive.log"), a.proxy_cpus)
                 ts.append(Target("naive", PORTS["naive"], p))
+            elif n == "floor":
+                p = start([py, os.path.join(HERE, "floor_proxy.py"), "--port", str(PORTS["floor"]),
+                           "--upstream", "http://127.0.0.1:%d" % up_port],
+                          os.path.join(rd, "floor.log"), a.proxy_cpus)
+                ts.append(Target("floor", PORTS["floor"], p))
             elif n in ("proxy", "proxy-min") + EXTRA_COLUMNS:
                 p = start_proxy(n, PORTS[n], ADMIN[n], up_port, n == "proxy-min", tag)
                 ts.append(Target(n, PORTS[n], p))

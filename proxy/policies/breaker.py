@@ -97,7 +97,8 @@ class BreakerState:
         """A stream's first event: the upstream is answering, a success now (a long stream
         would otherwise say so only when it ends, minutes later)."""
         ex.on_stream_start = None
-        self.record(False)
+        if cb_needs_success(self.cb):
+            self.record(False)
 
     def failed(self, ex, exc: BaseException | None) -> bool:
         return upstream_failed(ex, exc, self.failure_statuses, self.count_run_errors)

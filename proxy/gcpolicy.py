@@ -9,8 +9,8 @@ stream leaves ~3 objects in reference cycles, a plain request almost none.
 
 So, per process:
 - start-up objects (modules, config, the metric registry) are frozen, never scanned again;
-- the young generations are collected as CPython does, with a larger first threshold
-  (``YOUNG_THRESHOLDS``), so a collection is rare and short;
+- the young generations are collected as CPython does (``YOUNG_THRESHOLDS``): a young collection
+  scans only what was allocated since the last one, so it stays short however many streams live;
 - the full collection never runs automatically: it runs every ``server.gc_full_interval`` (10 min),
   and only when anything reached the old generation since the last one. The cyclic garbage the proxy
   can hold is what it made in one interval; the pause is taken once per interval, not per burst.

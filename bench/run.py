@@ -11,6 +11,8 @@ Columns (each a separate process, pinned to CPU0; upstream and load generators o
   naive      bench/naive_proxy.py: a plain aiohttp ClientSession proxy (reference)
   floor      bench/floor_proxy.py (only when --only names it): the thinnest relay on the proxy's own
              stack (aiohttp low-level server, uvloop, proxy/upstream.py), no feature: the stack's floor
+  floor-raw  bench/floor_raw.py (only with --only): the same relay with aiohttp's server side replaced
+             by an httptools protocol; floor-raw vs floor is what aiohttp's server side costs
 
 Scenarios, every repetition interleaved over the columns (A B C D E, rotated each rep):
   get      wrk -t1 -c64 GET /small (237 B JSON)
@@ -69,16 +71,17 @@ STARTED: list[subprocess.Popen] = []
 ALL_COLUMNS = ("direct", "nginx", "proxy", "proxy-min", "naive")
 # optional (ablation) columns, only with --only: the full proxy with a block-buffered stdout
 # (PYTHONUNBUFFERED unset; the image sets it to 1), and with the access log to /dev/null
-EXTRA_COLUMNS = ("proxy-buf", "proxy-null", "proxy-defaults", "proxy-base", "floor")
+EXTRA_COLUMNS = ("proxy-buf", "proxy-null", "proxy-defaults", "proxy-base", "floor", "floor-raw")
 # proxy-base: the same production config run from another checkout (BENCH_BASELINE=/path, e.g. a
 # `git worktree` of the previous release), so a change is measured against its baseline in one run
 BASELINE = os.environ.get("BENCH_BASELINE")
 ALL_SCENARIOS = ("get", "post", "lat", "sse1k", "sse10k", "burst", "static", "soak", "streams")
 # streams: 3 reps x 2 sizes x (20 events + ~7 s start, warm-up, stop) = ~5.5 min for nginx+proxy, ~8 min
 # with direct too: more than a default run may grow, so only on request
+FLOORS = {"floor": "floor_proxy.py", "floor-raw": "floor_raw.py"}
 DEFAULT_SCENARIOS = tuple(s for s in ALL_SCENARIOS if s != "streams")
 # columns the streams scenario runs on (when selected); proxy-defaults would shed at its default limits
-STREAMS_COLUMNS = ("direct", "nginx", "proxy", "proxy-min", "proxy-buf", "proxy-null", "proxy-base", "floor")
+STREAMS_COLUMNS = ("direct", "nginx", "proxy", "proxy-min", "proxy-buf", "proxy-null", "proxy-base", "floor", "floor-raw")
 STREAMS_TARGET_K = (5000, 10000)  # the sizes the stream-scale targets name (requested, before the fd cap)
 USAGE_INPUT_TOKENS = 7  # bench/upstream.py: input tokens per LLM call of a usage stream (+1 output per event)
 
@@ -543,7 +546,7 @@ def main():
     bp = a.base_port
     PORTS = {"direct": bp, "nginx": bp + 1, "naive": bp + 3, "proxy": bp + 4, "proxy-min": bp + 5,
              "proxy-buf": bp + 7, "proxy-null": bp + 8, "proxy-defaults": bp + 10, "proxy-base": bp + 11,
-             "floor": bp + 12}
+             "floor": bp + 12, "floor-raw": bp + 13}
     ADMIN = {"proxy": bp + 14, "proxy-min": bp + 15, "proxy-buf": bp + 17, "proxy-null": bp + 18,
              "proxy-defaults": bp + 20, "proxy-base": bp + 21}
     static_port, soak_port, soak_admin = bp + 9, bp + 6, bp + 16
@@ -598,11 +601,11 @@ def main():
                            "--upstream", "http://127.0.0.1:%d" % up_port, "--limit", "20000"],
                           os.path.join(rd, "naive.log"), a.proxy_cpus)
                 ts.append(Target("naive", PORTS["naive"], p))
-            elif n == "floor":
-                p = start([py, os.path.join(HERE, "floor_proxy.py"), "--port", str(PORTS["floor"]),
+            elif n in FLOORS:
+                p = start([py, os.path.join(HERE, FLOORS[n]), "--port", str(PORTS[n]),
                            "--upstream", "http://127.0.0.1:%d" % up_port],
-                          os.path.join(rd, "floor.log"), a.proxy_cpus)
-                ts.append(Target("floor", PORTS["floor"], p))
+                          os.path.join(rd, n + ".log"), a.proxy_cpus)
+                ts.append(Target(n, PORTS[n], p))
             elif n in ("proxy", "proxy-min") + EXTRA_COLUMNS:
                 p = start_proxy(n, PORTS[n], ADMIN[n], up_port, n == "proxy-min", tag)
                 ts.append(Target(n, PORTS[n], p))

@@ -1192,6 +1192,9 @@ def run_cmd(a):
     return cmd
 
 
+HAND_WRITTEN = "<!-- Hand-written below: bench/run.py keeps everything from this line on"
+
+
 def write_docs(path, raw, report, a):
     h = raw["host"]
     prof = ""
@@ -1210,6 +1213,13 @@ def write_docs(path, raw, report, a):
         elapsed="%.0f" % raw.get("elapsed_s", 0), report=report, profile=prof or "_(no profile summary found)_",
         access_sample=al.get("sample", "-"), reps=a.reps, soak_requests=sk.get("requests", "-"),
         cmd=run_cmd(a))
+    if os.path.exists(path):
+        # the analysis sections written by hand (round two, stream scale) survive a re-run
+        with open(path) as f:
+            old = f.read()
+        at = old.find(HAND_WRITTEN)
+        if at >= 0:
+            out = out.rstrip("\n") + "\n\n" + old[at:]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         f.write(out)

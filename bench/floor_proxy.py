@@ -9,7 +9,8 @@ answer's head is copied and its body relayed chunk by chunk, as the proxy does f
 What this process costs per stream (memory, CPU, event delay) is what any proxy on this stack
 costs before it does anything; the ``streams`` scenario of bench/run.py runs it as the column
 ``floor`` beside nginx and the sidecar, so a target the floor itself misses is shown to be out of
-reach of the stack, not of the sidecar's features.
+reach of the stack, not of the sidecar's features; bench/floor_raw.py (column ``floor-raw``) is the
+same relay without aiohttp's server side, which tells which part of the stack is the wall.
 
 usage: floor_proxy.py [--port 18086] [--upstream http://127.0.0.1:18080]
 """

@@ -16,32 +16,16 @@ usage: floor_proxy.py [--port 18086] [--upstream http://127.0.0.1:18080]
 """
 from __future__ import annotations
 
-import argparse
-import asyncio
-import os
-import sys
-
-import uvloop
 from aiohttp import web
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from proxy import gcpolicy  # noqa: E402
-from proxy.upstream import UpstreamPool  # noqa: E402
-
-DROP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"content-length"})
+from floor_common import DROP, begin, main
 
 
-async def main(port: int, upstream: str) -> None:
-    pool = UpstreamPool(upstream, connect_timeout=10, max_connections=100_000, keepalive_timeout=4)
-    pool.start()
-
+def make_factory(pool):
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        head = b"%s %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (
-            request.method.encode(), request.raw_path.encode(), pool.host_header)
         conn = await pool.acquire()
         try:
-            conn.begin(head, first_byte=None, total=None, total_kind="request", idle=None,
-                       head_only=request.method == "HEAD")
+            begin(pool, conn, request.method.encode(), request.raw_path.encode())
             status, raw = await conn.headers()
             resp = web.StreamResponse(status=status, headers=[
                 (k.decode("latin-1"), v.decode("latin-1")) for k, v in raw if k.lower() not in DROP])
@@ -53,15 +37,8 @@ async def main(port: int, upstream: str) -> None:
         finally:
             pool.release(conn)
 
-    server = web.Server(handle, access_log=None)
-    await asyncio.get_running_loop().create_server(server, "127.0.0.1", port, backlog=4096)
-    gcpolicy.setup()  # the proxy's own GC policy: this floor is the best the stack does
-    await asyncio.Event().wait()
+    return web.Server(handle, access_log=None)
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--port", type=int, default=18086)
-    ap.add_argument("--upstream", default="http://127.0.0.1:18080")
-    a = ap.parse_args()
-    uvloop.run(main(a.port, a.upstream))
+    main(make_factory, 18086)

@@ -18,19 +18,12 @@ usage: floor_raw.py [--port 18087] [--upstream http://127.0.0.1:18080]
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
-import sys
 
 import httptools
-import uvloop
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from proxy import gcpolicy  # noqa: E402
-from proxy.upstream import UpstreamPool  # noqa: E402
+from floor_common import DROP, UpstreamPool, begin, main
 
-DROP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"content-length"})
 REASON = {200: b"OK", 404: b"Not Found", 500: b"Internal Server Error", 502: b"Bad Gateway",
           503: b"Service Unavailable", 504: b"Gateway Timeout"}
 
@@ -112,9 +105,7 @@ class RawConnection(asyncio.Protocol):
     async def _relay(self, pool: UpstreamPool, t, method: bytes, url: bytes, keep: bool) -> None:
         conn = await pool.acquire()
         try:
-            conn.begin(b"%s %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (method, url, pool.host_header),
-                       first_byte=None, total=None, total_kind="request", idle=None,
-                       head_only=method == b"HEAD")
+            begin(pool, conn, method, url)
             status, raw = await conn.headers()
             out = [b"HTTP/1.1 %d %s\r\n" % (status, REASON.get(status, b"Unknown"))]
             out += [b"%s: %s\r\n" % (k, v) for k, v in raw if k.lower() not in DROP]
@@ -132,18 +123,5 @@ class RawConnection(asyncio.Protocol):
             pool.release(conn)
 
 
-async def main(port: int, upstream: str) -> None:
-    pool = UpstreamPool(upstream, connect_timeout=10, max_connections=100_000, keepalive_timeout=4)
-    pool.start()
-    await asyncio.get_running_loop().create_server(lambda: RawConnection(pool), "127.0.0.1", port,
-                                                   backlog=4096)
-    gcpolicy.setup()  # the proxy's own GC policy, as in floor_proxy.py
-    await asyncio.Event().wait()
-
-
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--port", type=int, default=18087)
-    ap.add_argument("--upstream", default="http://127.0.0.1:18080")
-    a = ap.parse_args()
-    uvloop.run(main(a.port, a.upstream))
+    main(lambda pool: lambda: RawConnection(pool), 18087)

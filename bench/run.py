@@ -948,6 +948,11 @@ def errors_of(runs):
     return ",".join(sorted(seen))[:20] or "none"
 
 
+def streams_failed(r):
+    """Streams of one run that failed; a run whose client reported nothing failed them all."""
+    return (r.get("failed") or 0) if r.get("ok") is not None else (r.get("streams") or 0)
+
+
 def _kname(k):
     return "%dk" % (k // 1000) if k % 1000 == 0 else str(k)
 
@@ -1020,7 +1025,7 @@ def summary(raw):
                 "p99": med([r.get("steady_p99_ms") for r in rs]), "ttfe99": med([r.get("ttfb_p99_ms") for r in rs]),
                 "peak": med([r.get("peak_rss_mb") for r in rs]), "per_stream": med([r.get("mem_per_stream_kib") for r in rs]),
                 "events": sum(r.get("events") or 0 for r in rs), "expected": sum(r.get("expected") or 0 for r in rs),
-                "failed": sum((r.get("failed") or 0) if r.get("ok") is not None else (r.get("streams") or 0) for r in rs),
+                "failed": sum(streams_failed(r) for r in rs),
                 "reps": len(rs)}
     return S
 
@@ -1120,9 +1125,9 @@ def build_report(raw, a):
 
         def vs_nginx(key, nd=2, rs=rs):
             return [fmt(ratio(medc(c, key), medc("nginx", key)), nd) if rs[c] else "-" for c in cols]
-        row("streams ok / failed (all reps)", ["%d/%d" % (sum(r.get("ok") or 0 for r in rs[c]), sum(
-            (r.get("failed") or 0) if r.get("ok") is not None else (r.get("streams") or 0) for r in rs[c]))
-            if rs[c] else "-" for c in cols])
+        row("streams ok / failed (all reps)", ["%d/%d" % (sum(r.get("ok") or 0 for r in rs[c]),
+                                                          sum(streams_failed(r) for r in rs[c]))
+                                               if rs[c] else "-" for c in cols])
         row("events received / expected", ["%d/%d" % (sum(r.get("events") or 0 for r in rs[c]),
                                                       sum(r.get("expected") or 0 for r in rs[c])) if rs[c] else "-" for c in cols])
         row("p50 delay ms", [mm(rs[c], "steady_p50_ms", 2) for c in cols])

@@ -18,6 +18,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from . import errors as E
 from .headers import new_request_id
+from .server import OVER_LIMIT, TrafficServer
 
 if TYPE_CHECKING:  # the Runtime builds this module's objects; no import cycle at run time
     from .app import Runtime
@@ -25,7 +26,7 @@ if TYPE_CHECKING:  # the Runtime builds this module's objects; no import cycle a
 log = logging.getLogger("proxy.accept")
 
 # written at accept, before aiohttp has a request: the same JSON error shape as every other answer
-_OVER_LIMIT = E.raw_response(E.Shed("connections", "too many open connections (server.max_connections)"), None)
+_OVER_LIMIT = OVER_LIMIT
 
 
 class GuardedRequestHandler(RequestHandler):
@@ -148,17 +149,23 @@ class GuardedServer(web.Server):
         super().connection_made(handler, transport)
 
 
-def make_server(rt: "Runtime", server_cfg) -> GuardedServer:
+def make_server(rt: "Runtime", server_cfg) -> TrafficServer:
+    """The traffic port's server (proxy/server.py), with aiohttp's guarded server behind it for
+    the connections it hands over at an upgrade (WebSocket)."""
     shed = rt.metrics.shed
-    return GuardedServer(
+    on_shed = lambda: shed.labels("connections").inc()  # noqa: E731
+    on_slow = lambda: shed.labels("slow_client").inc()  # noqa: E731
+    upgrades = GuardedServer(
         rt.handle, handler_cancellation=True, access_log=None,
         max_connections=server_cfg.max_connections, head_timeout=server_cfg.header_read_timeout,
-        on_shed=lambda: shed.labels("connections").inc(),
-        on_slow_client=lambda: shed.labels("slow_client").inc(),
-        keepalive_timeout=server_cfg.keepalive_timeout,
+        on_shed=on_shed, on_slow_client=on_slow, keepalive_timeout=server_cfg.keepalive_timeout,
         max_line_size=server_cfg.max_line_bytes, max_field_size=server_cfg.max_field_bytes,
         read_bufsize=256 * 1024,
     )
+    return TrafficServer(rt.handle, loop=rt.loop, max_connections=server_cfg.max_connections,
+                         head_timeout=server_cfg.header_read_timeout, keepalive_timeout=server_cfg.keepalive_timeout,
+                         max_line=server_cfg.max_line_bytes, max_field=server_cfg.max_field_bytes,
+                         upgrades=upgrades, on_shed=on_shed, on_slow_client=on_slow)
 
 
 class GuardedAppRunner(web.AppRunner):

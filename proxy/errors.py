@@ -6,6 +6,7 @@ Every error the proxy answers itself is JSON:
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 
 from aiohttp import ClientConnectionResetError
 
@@ -177,10 +178,15 @@ def classify(exc: BaseException) -> tuple[int, str]:
 
 def raw_response(err: ProxyError, request_id: str | None) -> bytes:
     """A whole HTTP/1.1 error response (closing the connection), for a transport written to
-    directly, where no aiohttp response exists (e.g. a connection refused at accept)."""
+    directly, where no aiohttp response exists (a connection refused at accept, a malformed head)."""
     body = error_body(err.type, str(err), request_id)
-    reason = {503: b"Service Unavailable"}.get(err.status, b"Error")
+    try:
+        reason = HTTPStatus(err.status).phrase.encode()
+    except ValueError:
+        reason = b"Error"
     head = b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nConnection: close\r\n" % (err.status, reason)
+    if request_id is not None:
+        head += b"X-Request-ID: %s\r\n" % request_id.encode("latin-1")
     for k, v in err.headers:
         head += f"{k}: {v}\r\n".encode("latin-1")
     return head + b"Content-Length: %d\r\n\r\n" % len(body) + body

@@ -47,7 +47,7 @@ class RequestId:
             ex.probe = self.probes[rid].probe_name
         if self.sample_ratio is not None:
             # the client's W3C trace continued (or one started): sent upstream, logged, exemplars
-            ex.trace = from_headers(request.headers, self.sample_ratio)
+            ex.trace = from_headers(request.raw_headers, self.sample_ratio)
         peer = request.transport.get_extra_info("peername") if request.transport is not None else None
         ex.client_ip = peer[0] if peer else None
         return self.next(request, ex)
@@ -188,6 +188,8 @@ class Upgrade:
         self.relay = relay
 
     def __call__(self, request, ex):
-        if "Upgrade" in request.headers and is_upgrade(request):
+        # the traffic server hands upgrades to aiohttp's server (proxy/server.py): its own
+        # requests (``plain``) are never one, and need no header lookup here
+        if not getattr(request, "plain", False) and "Upgrade" in request.headers and is_upgrade(request):
             return self.relay(request, ex)
         return self.next(request, ex)

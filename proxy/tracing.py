@@ -146,14 +146,21 @@ def start(sample_ratio: float = 1.0) -> TraceContext:
     return TraceContext(ids[:32], ids[32:], None, 1 if sampled else 0, None, True)
 
 
-def from_headers(headers, sample_ratio: float = 1.0) -> TraceContext:
-    """:func:`continue_or_start` from a multidict (aiohttp's ``request.headers``). Without a
-    ``traceparent`` (most requests) its ``tracestate`` means nothing (W3C): one lookup."""
-    if "traceparent" not in headers:
+def from_headers(raw_headers, sample_ratio: float = 1.0) -> TraceContext:
+    """:func:`continue_or_start` from a request's raw headers ((bytes, bytes) pairs as sent), so
+    no case-insensitive mapping is built for it. Without a ``traceparent`` (most requests) its
+    ``tracestate`` means nothing (W3C)."""
+    tp = ts = None
+    for k, v in raw_headers:
+        n = len(k)
+        if n == 11 and k.lower() == b"traceparent":
+            tp = [v] if tp is None else tp + [v]
+        elif n == 10 and k.lower() == b"tracestate":
+            ts = [v] if ts is None else ts + [v]
+    if tp is None:
         return start(sample_ratio)
-    tp = headers.getall("traceparent")
-    ts = headers.getall("tracestate", ())
-    return continue_or_start(tp[0] if len(tp) == 1 else None, ",".join(ts) if ts else None, sample_ratio)
+    return continue_or_start(tp[0].decode("latin-1") if len(tp) == 1 else None,
+                             b",".join(ts).decode("latin-1") if ts else None, sample_ratio)
 
 
 # ---- export ----

@@ -378,3 +378,21 @@ async def test_admin_port_parse_errors_are_quiet(hproxy, upstream):
     assert rs and rs[0].status == 414 and closed
     await asyncio.sleep(0.1)
     assert "Traceback" not in hproxy.stderr()
+
+
+async def test_a_header_line_arriving_in_pieces_is_bounded_before_it_ends(hproxy, upstream):
+    """The parser keeps a header line whole until its end, so the server bounds a line still
+    arriving: 431 once it is past what any allowed line can be, without waiting for its end."""
+    # 20 KiB of one line, no line end: past any allowed line (a name and a value of 8190 bytes
+    # each) at the last piece, so nothing is sent after the answer (that would be a reset)
+    pieces = [b"GET /x HTTP/1.1\r\nHost: x\r\nX-Big: "] + [b"a" * 4096] * 5
+    rs, closed = await raw(hproxy.port, pieces, pause=0.05)
+    assert_error(rs[0], 431, "header_field_too_large")
+    assert closed
+    # a request line arriving in pieces: 414 as soon as it is too long
+    rs, closed = await raw(hproxy.port, [b"GET /"] + [b"a" * 4096] * 2, pause=0.05)
+    assert_error(rs[0], 414, "uri_too_long")
+    assert closed
+    await serves(hproxy, upstream)
+    rejected = [x for x in hproxy.log_lines() if x.get("message") == "rejected malformed request"]
+    assert [x["status"] for x in rejected][-2:] == [431, 414]

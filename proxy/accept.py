@@ -1,4 +1,6 @@
-"""The traffic server: aiohttp's low-level HTTP server plus the guards aiohttp lacks.
+"""aiohttp's low-level HTTP server plus the guards aiohttp lacks: the admin port's server, and
+the traffic port's for the connections proxy/server.py hands over at an upgrade (WebSocket).
+``make_server`` builds the traffic port's server (proxy/server.py) with this one behind it.
 
 aiohttp has no limit on open connections and no deadline for a request head, so one slowloris
 client could hold thousands of sockets. Here a connection beyond ``server.max_connections`` gets

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 
 import httptools
 from aiohttp.base_protocol import BaseProtocol
@@ -202,7 +201,13 @@ class Request:
 
     @property
     def host(self) -> str:
-        return self.headers.get("Host") or socket.getfqdn()
+        """The Host header, else the address the client connected to (never a DNS lookup)."""
+        host = self.headers.get("Host")
+        if host:
+            return host
+        tr = self.protocol.transport
+        local = tr.get_extra_info("sockname") if tr is not None else None
+        return str(local[0]) if isinstance(local, (list, tuple)) else "localhost"
 
     async def read(self) -> bytes:
         return await self.content.read()
@@ -303,6 +308,7 @@ class Connection(BaseProtocol):
     def connection_lost(self, exc) -> None:
         super().connection_lost(exc)
         self._dead = True
+        self._hp = None   # the parser calls back into this object: no cycle outlives the connection
         self._cancel_timers()
         self.server.connections.discard(self)
         gone = ConnectionResetError("Connection lost")
@@ -447,7 +453,10 @@ class Connection(BaseProtocol):
             await resp.write_eof()
             keep = bool(resp.keep_alive) and req.keep_alive
             if not req.content.is_eof():
-                keep = keep and await self._drop_body(req.content)
+                # read and drop the rest of the body even when closing: closing a socket with
+                # unread bytes resets it, and the client could lose the answer it was just sent
+                drained = await self._drop_body(req.content)
+                keep = keep and drained
         except asyncio.CancelledError:
             pass  # the client left, or the layers ended the answer themselves (aborted)
         except ConnectionError:
@@ -571,6 +580,7 @@ class Connection(BaseProtocol):
         self._resume_transport_reading()
         proto = self.server.upgrades()
         self.transport = None
+        self._hp = None
         tr.set_protocol(proto)
         proto.connection_made(tr)
         proto.data_received(raw)

@@ -202,6 +202,7 @@ class Forwarder:
                              upstream=self.pool, preserve_host=route.preserve_host, request_id=ex.request_id,
                              client_ip=ex.client_ip, proto=request.scheme, body_framing=framing,
                              extra=extra, strip=self.strip_up)
+        extra = None  # in the head now: the stream's frame keeps no copy
         if body:
             head += body
 
@@ -364,6 +365,9 @@ class Forwarder:
                 gauge.dec()
             raise E.ClientGone() from None
         resp.headers.clear()  # sent: the stream keeps no copy of them (~1 KiB a stream)
+        release = getattr(request, "release_head", None)  # proxy/server.py's requests only
+        if release is not None:
+            release()
         writer = request.writer
         proto = writer.protocol
         write_timeout = self.write_timeout

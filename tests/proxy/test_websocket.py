@@ -102,3 +102,34 @@ async def test_upgrade_closed_unanswered_is_502_upstream_reset(make_proxy, sessi
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_upgrade_after_a_request_on_the_same_connection(upstream, make_proxy):
+    """The traffic server (proxy/server.py) hands a connection to aiohttp's at its upgrade: one
+    that has already served a plain request on keep-alive keeps working, the upgrade included."""
+    import base64
+    import os
+    p = make_proxy(upstream.url)
+    reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
+    try:
+        writer.write(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+        async with asyncio.timeout(5):
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            n = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(n)
+            key = base64.b64encode(os.urandom(16))
+            writer.write(b"GET /threads/t1/stream/events HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                         b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key + b"\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101"), head
+            mask = os.urandom(4)
+            payload = b"hello"
+            writer.write(bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+            frame = await reader.readexactly(2)
+            assert frame[0] == 0x81
+            assert await reader.readexactly(frame[1] & 0x7F) == b"echo:hello"
+    finally:
+        writer.close()
+    s = await scrape(p.admin)
+    assert metric(s, "sidecar_requests_total", route="other", code="200") >= 1

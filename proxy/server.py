@@ -447,6 +447,8 @@ class Connection(BaseProtocol):
             if isinstance(item, Request):
                 self._current = item
                 self._task = self._loop.create_task(self._serve(item))
+                if not self._queue:
+                    self.release(_HOLD_QUEUE)  # its body may still be on the way
                 return
             if isinstance(item, bytes):       # an upgrade, now that the requests before it are answered
                 self._hand_over(item)
@@ -579,8 +581,8 @@ class Connection(BaseProtocol):
         self._queue.append(b"".join(head) + rest)
         if self._task is None:
             self._next()
-        else:
-            self.hold(_HOLD_QUEUE)
+        if self._queue:
+            self.hold(_HOLD_QUEUE)  # nothing more is read until aiohttp's protocol has the connection
 
     def _fresh_to_queue(self) -> None:
         self._queue.extend(self._fresh)

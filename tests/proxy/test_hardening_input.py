@@ -396,3 +396,16 @@ async def test_a_header_line_arriving_in_pieces_is_bounded_before_it_ends(hproxy
     await serves(hproxy, upstream)
     rejected = [x for x in hproxy.log_lines() if x.get("message") == "rejected malformed request"]
     assert [x["status"] for x in rejected][-2:] == [431, 414]
+
+
+async def test_a_pipelined_request_whose_body_comes_later(hproxy, upstream):
+    """Reading pauses while a pipelined request waits its turn; it must resume when its turn
+    comes, or the rest of its body would never be read."""
+    pieces = [H(b"GET /delay/0.2 HTTP/1.1", b"Host: x") + H(b"POST /sink HTTP/1.1", b"Host: x",
+                                                            b"Content-Length: 5", body=b"he"),
+              b"llo"]
+    rs, _ = await raw(hproxy.port, pieces, want=2, pause=0.5, check_close=False)
+    assert [r.status for r in rs] == [200, 200]
+    assert rs[0].json() == {"delayed": True}
+    assert rs[1].json()["size"] == 5
+    await serves(hproxy, upstream)

@@ -27,8 +27,6 @@ if TYPE_CHECKING:  # the Runtime builds this module's objects; no import cycle a
 
 log = logging.getLogger("proxy.accept")
 
-# written at accept, before aiohttp has a request: the same JSON error shape as every other answer
-_OVER_LIMIT = OVER_LIMIT
 
 
 class GuardedRequestHandler(RequestHandler):
@@ -144,7 +142,7 @@ class GuardedServer(web.Server):
 
     def connection_made(self, handler, transport) -> None:
         if len(self._connections) >= self.max_connections:
-            transport.write(_OVER_LIMIT)
+            transport.write(OVER_LIMIT)  # proxy/server.py's: the same JSON 503 on both servers
             transport.close()
             if self.on_shed is not None:
                 self.on_shed()

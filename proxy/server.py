@@ -51,6 +51,7 @@ MAX_HEADERS = 128          # header lines per request (aiohttp's cap, kept)
 BODY_HIGH = 256 * 1024     # unread request-body bytes before reading from the client pauses
 LINGERING_TIME = 10.0      # seconds an unread body is read and dropped after the answer (aiohttp's)
 _VERSIONS = {"1.1": HttpVersion11, "1.0": HttpVersion10}
+# written at accept, before any request: the same JSON error shape as every other answer
 OVER_LIMIT = E.raw_response(E.Shed("connections", "too many open connections (server.max_connections)"), None)
 
 # headers a request may carry once (aiohttp's list): a second one is a 400

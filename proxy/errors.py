@@ -26,7 +26,7 @@ class ProxyError(Exception):
     who = "proxy"
     headers: tuple[tuple[str, str], ...] = ()
     # after this error the rest of the request (its body) is unread or its framing not trusted:
-    # close the connection; ``stop_lingering`` also skips aiohttp's lingering read of that body
+    # close the connection; ``stop_lingering`` also skips the server's lingering read of that body
     close_connection = False
     stop_lingering = False
 

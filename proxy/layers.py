@@ -70,7 +70,7 @@ class RouteMatch:
 def check_target(request) -> None:
     """Only origin-form targets (``/path?query``), or ``*`` for OPTIONS, reach the upstream.
 
-    aiohttp accepts absolute-form (``GET http://other/ HTTP/1.1``) and authority-form
+    HTTP parsers accept absolute-form (``GET http://other/ HTTP/1.1``) and authority-form
     (``CONNECT host:443``) targets; forwarded as they are, the upstream would see a request
     line naming another host, the classic way to turn a reverse proxy into an open one or to
     make the upstream route on a host the client chose. The upstream is fixed by config.
@@ -111,7 +111,7 @@ class Errors:
         except asyncio.CancelledError:
             raise
         except E.ClientGone:
-            raise asyncio.CancelledError() from None  # nobody to answer; aiohttp drops it quietly
+            raise asyncio.CancelledError() from None  # nobody to answer; the server drops it quietly
         except Exception as e:
             if not isinstance(e, E.ProxyError):
                 log.exception("unexpected error while proxying", extra={"fields": {"request_id": ex.request_id}})

@@ -30,7 +30,7 @@ def culprit(exc: BaseException | None) -> str | None:
     if exc is None:
         return None
     if isinstance(exc, asyncio.CancelledError):
-        return CLIENT  # aiohttp cancels the handler when the client goes away
+        return CLIENT  # the server cancels the handler when the client goes away
     return getattr(exc, "who", PROXY)
 
 

@@ -12,21 +12,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import asyncio
-import logging
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from . import errors as E
-from .headers import new_request_id
-from .server import OVER_LIMIT, TrafficServer
+from .server import OVER_LIMIT, TrafficServer, field_too_large, log_refusal, too_many_headers, uri_too_long
 
 if TYPE_CHECKING:  # the Runtime builds this module's objects; no import cycle at run time
     from .app import Runtime
-
-log = logging.getLogger("proxy.accept")
-
 
 
 class GuardedRequestHandler(RequestHandler):
@@ -97,17 +92,14 @@ class GuardedRequestHandler(RequestHandler):
         if not isinstance(exc, HttpProcessingError) or request.writer.output_size > 0:
             return super().handle_error(request, status, exc, message)
         if isinstance(exc, LineTooLong):
-            err = (E.UriTooLong("request line exceeds server.max_line_bytes") if self._line_over
-                   else E.HeaderFieldTooLarge("a header line exceeds server.max_field_bytes"))
+            err = uri_too_long() if self._line_over else field_too_large()
         elif "Too many headers" in (exc.message or ""):
             # aiohttp's cap on the number of header lines (128): the head is too large, not malformed
-            err = E.HeadersTooLarge("too many header lines in the request")
+            err = too_many_headers()
         else:
             err = E.BadRequest("malformed HTTP request: "
                                + (exc.message or type(exc).__name__).split("\n", 1)[0].strip().rstrip(":"))
-        rid = new_request_id()
-        log.info("rejected malformed request", extra={"fields": {
-            "request_id": rid, "status": err.status, "reason": type(exc).__name__, "peer": request.remote}})
+        rid = log_refusal(err, type(exc).__name__, request.remote)
         resp = web.Response(status=err.status, body=E.error_body(err.type, str(err), rid),
                             content_type="application/json")
         resp.headers["X-Request-ID"] = rid

@@ -61,6 +61,32 @@ _SINGLETONS = frozenset({b"content-length", b"content-location", b"content-range
 _HOLD_BODY, _HOLD_QUEUE = 1, 2
 
 
+# An oversized head is refused in the same words on both servers (proxy/accept.py uses these).
+def uri_too_long() -> E.ProxyError:
+    return E.UriTooLong("request line exceeds server.max_line_bytes")
+
+
+def field_too_large() -> E.ProxyError:
+    return E.HeaderFieldTooLarge("a header line exceeds server.max_field_bytes")
+
+
+def too_many_headers() -> E.ProxyError:
+    return E.HeadersTooLarge("too many header lines in the request")
+
+
+def log_refusal(err: E.ProxyError, reason: str, peer: str | None) -> str:
+    """The one INFO line (never a traceback) for a request the parser refused; its new request id."""
+    rid = new_request_id()
+    log.info("rejected malformed request", extra={"fields": {
+        "request_id": rid, "status": err.status, "reason": reason, "peer": peer}})
+    return rid
+
+
+def _peer(transport) -> str | None:
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return peer[0] if isinstance(peer, (list, tuple)) else peer
+
+
 class Body:
     """A request body as it arrives, for ``readany()`` / ``read()`` (aiohttp's StreamReader API
     as the forwarder uses it). Unread bytes are bounded: above :data:`BODY_HIGH` the connection
@@ -196,9 +222,7 @@ class Request:
 
     @property
     def remote(self) -> str | None:
-        tr = self.protocol.transport
-        peer = tr.get_extra_info("peername") if tr is not None else None
-        return peer[0] if isinstance(peer, (list, tuple)) else peer
+        return _peer(self.protocol.transport)
 
     @property
     def host(self) -> str:
@@ -237,7 +261,7 @@ class Connection(BaseProtocol):
 
     __slots__ = ("server", "_hp", "_url", "_fields", "_line", "_in_head", "_building", "_fresh",
                  "_queue", "_task", "_head_timer", "_ka_timer", "_holds", "_close", "_linger",
-                 "_reject", "_dead", "_current")
+                 "_dead", "_current")
 
     def __init__(self, server: "TrafficServer"):
         super().__init__(server.loop)
@@ -257,7 +281,6 @@ class Connection(BaseProtocol):
         self._holds = 0
         self._close = False        # close after the current request (drain, HTTP/1.0, errors)
         self._linger = LINGERING_TIME
-        self._reject: E.ProxyError | None = None
         self._dead = False         # refused or handed over: ignore further bytes
 
     # ------------------------------------------------------------------ asyncio.Protocol
@@ -311,7 +334,7 @@ class Connection(BaseProtocol):
             nl = data.rfind(b"\n")
             self._line = self._line + len(data) if nl < 0 else len(data) - nl - 1
             if self._line > self.server.max_head_line:
-                self._refuse(E.HeaderFieldTooLarge("a header line exceeds server.max_field_bytes"), "LineTooLong")
+                self._refuse(field_too_large(), "LineTooLong")
                 return
         if self._fresh:
             self._dispatch()
@@ -349,14 +372,14 @@ class Connection(BaseProtocol):
     def on_url(self, url: bytes) -> None:
         self._url += url
         if len(self._url) > self.server.max_line:
-            raise _Reject(E.UriTooLong("request line exceeds server.max_line_bytes"))
+            raise _Reject(uri_too_long())
 
     def on_header(self, name: bytes, value: bytes) -> None:
         fields = self._fields
         if len(fields) >= MAX_HEADERS:
-            raise _Reject(E.HeadersTooLarge("too many header lines in the request"))
+            raise _Reject(too_many_headers())
         if len(name) > self.server.max_field or len(value) > self.server.max_field:
-            raise _Reject(E.HeaderFieldTooLarge("a header line exceeds server.max_field_bytes"))
+            raise _Reject(field_too_large())
         fields.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -380,9 +403,9 @@ class Connection(BaseProtocol):
                     clen = int(v) if v.strip().isdigit() else None
                 elif kl == b"transfer-encoding":
                     chunked = b"chunked" in v.lower()
-        version = _VERSIONS.get(hp.get_http_version())
-        if version is None:
-            v = hp.get_http_version()
+        v = hp.get_http_version()
+        version = _VERSIONS.get(v)
+        if version is None:  # 0.9 or 2.0: parsed, and refused with 505 by the target check
             major, _, minor = v.partition(".")
             version = (int(major), int(minor or 0)) if major.isdigit() else (0, 9)
         try:
@@ -483,7 +506,7 @@ class Connection(BaseProtocol):
             pass  # the client left while its answer was written
         except Exception:  # noqa: BLE001 - a bug in a layer; the errors layer normally answers everything
             log.exception("unhandled error while serving a request")
-            self._write_500(req, resp)
+            self._write_500(resp)
         finally:
             self._task = None
             self._current = None
@@ -509,7 +532,7 @@ class Connection(BaseProtocol):
             return False
         return content.is_eof()
 
-    def _write_500(self, req: Request, resp) -> None:
+    def _write_500(self, resp) -> None:
         tr = self.transport
         if tr is None:
             return
@@ -534,19 +557,12 @@ class Connection(BaseProtocol):
             self._next()
 
     def _write_refusal(self, err: E.ProxyError, reason: str) -> None:
-        rid = new_request_id()
-        log.info("rejected malformed request", extra={"fields": {
-            "request_id": rid, "status": err.status, "reason": reason, "peer": self._peer()}})
+        rid = log_refusal(err, reason, _peer(self.transport))
         self._cancel_timers()
         tr = self.transport
         if tr is not None:
             tr.write(E.raw_response(err, rid))
             tr.close()
-
-    def _peer(self) -> str | None:
-        tr = self.transport
-        peer = tr.get_extra_info("peername") if tr is not None else None
-        return peer[0] if isinstance(peer, (list, tuple)) else peer
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -578,16 +594,9 @@ class Connection(BaseProtocol):
         head += [b"%s: %s\r\n" % kv for kv in req.raw_headers]
         head.append(b"\r\n")
         self._dead = True
-        self._fresh_to_queue()
-        self._queue.append(b"".join(head) + rest)
-        if self._task is None:
-            self._next()
-        if self._queue:
-            self.hold(_HOLD_QUEUE)  # nothing more is read until aiohttp's protocol has the connection
-
-    def _fresh_to_queue(self) -> None:
-        self._queue.extend(self._fresh)
-        self._fresh.clear()
+        # in its turn, after the requests before it; reading stays paused until then
+        self._fresh.append(b"".join(head) + rest)
+        self._dispatch()
 
     def _hand_over(self, raw: bytes) -> None:
         """Give this connection to aiohttp's protocol (WebSocket and other upgrades)."""

@@ -227,7 +227,9 @@ class Runtime:
             self._idle.clear()
         try:
             resp = await pipeline.entry(request, ex)
-            if self.state == "draining" and not resp.prepared:
+            if ex.tail is not None:
+                await ex.tail  # a stream's body, relayed after the layers returned (proxy/layers.py)
+            elif self.state == "draining" and not resp.prepared:
                 resp.force_close()  # tell keep-alive clients to reconnect (elsewhere)
             return resp
         finally:

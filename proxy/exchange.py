@@ -1,6 +1,10 @@
 """Per-request state that the layers share (one small object, no dict)."""
 from __future__ import annotations
 
+import logging
+
+log = logging.getLogger("proxy.errors")
+
 
 class Exchange:
     """What the layers learn about one request as it passes.
@@ -8,13 +12,19 @@ class Exchange:
     Outer layers create it; inner layers fill it in (route, upstream timings, outcome); the
     telemetry layer reads it once at the end. ``probe`` names the synthetic probe that made the
     request, if any, so probes are counted apart from user traffic.
+
+    A streamed answer's body is relayed after the layer chain has returned: the forwarder leaves
+    it in ``tail`` (a coroutine that the runtime awaits), so no layer keeps a coroutine frame for
+    the life of a stream. A layer with work for the exchange's end hands itself to
+    :meth:`at_end`; its ``end(request, ex, exc)`` runs once, when the exchange ends.
     """
 
     __slots__ = ("request_id", "method", "path", "route", "start", "upstream_start", "upstream_time",
                  "ttfb", "status", "error", "req_bytes", "resp_bytes", "headers_sent",
                  "is_stream", "events", "first_event", "run_outcome", "content_location",
                  "probe", "attempts", "sent_any", "deadline", "client_ip", "body", "buffered",
-                 "answer", "on_stream_start", "trace", "llm", "run_intent")
+                 "answer", "on_stream_start", "trace", "llm", "run_intent", "tail", "ends", "holds_stream",
+                 "trial")
 
     def __init__(self, request_id: str, method: str, path: str, start: float, probe: str | None = None):
         self.request_id = request_id
@@ -47,3 +57,29 @@ class Exchange:
         self.trace = None              # proxy.tracing.TraceContext (W3C trace context), when tracing is on
         self.llm = None                # proxy.llm.LLMUsage of a LangGraph run exchange, when llm is on
         self.run_intent = None         # langgraph.DisconnectIntent of a streamed run request body
+        self.tail = None               # a streamed answer's relay, run after the chain returned
+        self.ends = None               # layers whose end() waits for that tail, innermost first
+        self.holds_stream = False      # the limits layer counted this exchange as a stream
+        self.trial = False             # the breaker's single half-open trial is this exchange's
+
+    def at_end(self, layer, request) -> None:
+        """``layer.end(request, ex, None)`` now if the answer is complete, else when the stream's
+        tail ends (with what ended it). A layer calls this on its success path only; when the
+        next handler raised, it calls its own ``end`` with that exception at once."""
+        if self.tail is None:
+            layer.end(request, self, None)
+        elif self.ends is None:
+            self.ends = [layer]
+        else:
+            self.ends.append(layer)
+
+    def end(self, request, exc: BaseException | None) -> None:
+        """The stream's tail is over (``exc``: the exception that ended it, else None): run the
+        waiting ends, innermost layer first, each even if one before it failed."""
+        ends, self.ends = self.ends, None
+        for layer in ends or ():
+            try:
+                layer.end(request, self, exc)
+            except Exception:  # noqa: BLE001 - a bug in one layer must not leak another's counts
+                log.exception("a layer failed at the end of an exchange",
+                              extra={"fields": {"request_id": self.request_id}})

@@ -259,21 +259,26 @@ class Forwarder:
                 raise
         head = None  # the request head (and small body) went up: the stream's frame keeps no copy
         try:
-            resp = await self._respond(request, ex, conn, status, answer_head)
-        finally:
+            resp = await self._respond(request, ex, conn, status, answer_head, pump)
+        except BaseException:
+            await self._settle(conn, pump)
+            raise
+        if ex.tail is None:  # a whole answer (else the tail owns the connection now)
+            await self._settle(conn, pump)
+        return resp
+
+    async def _settle(self, conn: UpstreamConnection, pump: asyncio.Task | None) -> None:
+        """The exchange is done with its upstream connection: back to the pool (or closed)."""
+        try:
             if pump is not None and not pump.done():
                 # the upstream answered before taking the whole body: the connection is spent
                 conn.abort()
                 await _stop(pump)
+        finally:
             self.pool.release(conn)
-        if ex.run_outcome == "success" and ex.is_stream and self.run_tracker is not None:
-            # a stream that ended cleanly may still be an interrupted run (its client already has
-            # the whole answer; only the run outcome waits for this one status read)
-            await self.run_tracker.confirm(ex)
-        return resp
 
     async def _respond(self, request, ex: Exchange, conn: UpstreamConnection, status: int,
-                       answer_head: list) -> web.StreamResponse:
+                       answer_head: list, pump: asyncio.Task | None) -> web.StreamResponse:
         raw = answer_head.pop()
         loop = self.loop
         ex.ttfb = monotonic() - ex.upstream_start
@@ -368,6 +373,20 @@ class Forwarder:
         release = getattr(request, "release_head", None)  # proxy/server.py's requests only
         if release is not None:
             release()
+        # the body is relayed after every layer has returned (see proxy/layers.py): the runtime
+        # awaits this one frame for the life of the stream
+        ex.tail = self._stream(request, ex, conn, resp, scanner, gauge, tracker, pump)
+        return resp
+
+    async def _stream(self, request, ex: Exchange, conn: UpstreamConnection, resp: web.StreamResponse,
+                      scanner: SSEScanner | None, gauge, tracker, pump: asyncio.Task | None) -> None:
+        """A streamed answer's body, chunk by chunk, then the end of the exchange: the connection
+        goes back, a clean run's outcome is confirmed, and the layers' ``end`` work runs
+        (:meth:`Exchange.end`). Raises only CancelledError: the answer had started, so whatever
+        ended it leaves nothing to send (the errors layer's ``end`` aborted what needed it).
+        One frame for the life of a stream, so the relay is not split into helpers."""
+        loop = self.loop
+        route = ex.route
         writer = request.writer
         proto = writer.protocol
         write_timeout = self.write_timeout
@@ -375,84 +394,96 @@ class Forwarder:
         sent = 0
         head_bytes = None
         completed = False
+        exc = None
         try:
-            while True:
-                chunk = await conn.next_chunk()
-                if chunk is None:
-                    break
-                if scanner is not None and scanner.feed(chunk):
-                    conn.last_event = loop.time()
-                    if ex.first_event is None:
-                        ex.first_event = monotonic() - ex.start
-                        if ex.on_stream_start is not None:
-                            ex.on_stream_start(ex)
-                elif tracker is not None:
-                    if head_bytes is None:
-                        head_bytes = tracker.body_head(chunk)
-                    if usage is not None:
-                        usage.feed_body(chunk)
-                sent += len(chunk)
-                await writer.write(chunk, drain=False)
-                if proto.writing_paused:
-                    await write_within(writer, loop, write_timeout, conn.total_at, conn.total_kind)
-            ex.upstream_time = monotonic() - ex.upstream_start
-            if proto.writing_paused:
-                await write_within(writer, loop, write_timeout, conn.total_at, conn.total_kind)
-            await resp.write_eof()
-            completed = True
-        except E.ClientSlow as e:
-            # the client stopped reading: cut it (the upstream connection is closed by release)
-            ex.upstream_time = monotonic() - ex.upstream_start
-            ex.error = e
-            conn.abort()
-            tr = request.transport
-            if tr is not None:
-                tr.abort()
-            if route.cancel_on_disconnect and self.on_client_gone is not None:
-                self.on_client_gone(ex)
-        except E.ProxyError as e:
-            # the upstream failed (or the proxy's shutdown cut it) after the client got headers:
-            # end the answer unmistakably. An SSE client first gets a last `event: error` saying
-            # why; then every cut answer ends without its final chunk (DESIGN: it must look cut)
-            ex.upstream_time = monotonic() - ex.upstream_start
-            ex.error = e
-            if scanner is not None:
-                try:
-                    # end a half-written event first, so the error event parses on its own
-                    prefix = b"\r\n\r\n" if scanner.mid_event else b""
-                    await writer.write(prefix + E.sse_error_event(e.type, str(e), ex.request_id), drain=False)
+            try:
+                while True:
+                    chunk = await conn.next_chunk()
+                    if chunk is None:
+                        break
+                    if scanner is not None and scanner.feed(chunk):
+                        conn.last_event = loop.time()
+                        if ex.first_event is None:
+                            ex.first_event = monotonic() - ex.start
+                            if ex.on_stream_start is not None:
+                                ex.on_stream_start(ex)
+                    elif tracker is not None:
+                        if head_bytes is None:
+                            head_bytes = tracker.body_head(chunk)
+                        if usage is not None:
+                            usage.feed_body(chunk)
+                    sent += len(chunk)
+                    await writer.write(chunk, drain=False)
                     if proto.writing_paused:
                         await write_within(writer, loop, write_timeout, conn.total_at, conn.total_kind)
-                except (E.ClientSlow, *_CLIENT_GONE):
-                    pass
-            tr = request.transport
-            if tr is not None:
-                # close after the bytes already queued (the error event) are sent, never with a final chunk
-                tr.close()
-        except _CLIENT_GONE:
-            if route.cancel_on_disconnect and self.on_client_gone is not None:
-                self.on_client_gone(ex)
-            raise E.ClientGone() from None
-        except asyncio.CancelledError:
-            if isinstance(conn.error, E.ShuttingDown):
-                ex.error = conn.error  # cut by our own shutdown while blocked on the client, not its leaving
-            elif route.cancel_on_disconnect and self.on_client_gone is not None:
-                self.on_client_gone(ex)
-            raise
-        finally:
-            if gauge is not None:
-                gauge.dec()
-            ex.resp_bytes = sent
-            if scanner is not None:
-                ex.events = scanner.events
-            if tracker is not None and completed:
+                ex.upstream_time = monotonic() - ex.upstream_start
+                if proto.writing_paused:
+                    await write_within(writer, loop, write_timeout, conn.total_at, conn.total_kind)
+                await resp.write_eof()
+                completed = True
+            except E.ClientSlow as e:
+                # the client stopped reading: cut it (the upstream connection is closed by release)
+                ex.upstream_time = monotonic() - ex.upstream_start
+                ex.error = e
+                conn.abort()
+                tr = request.transport
+                if tr is not None:
+                    tr.abort()
+                if route.cancel_on_disconnect and self.on_client_gone is not None:
+                    self.on_client_gone(ex)
+            except E.ProxyError as e:
+                # the upstream failed (or the proxy's shutdown cut it) after the client got headers:
+                # end the answer unmistakably. An SSE client first gets a last `event: error` saying
+                # why; then every cut answer ends without its final chunk (DESIGN: it must look cut)
+                ex.upstream_time = monotonic() - ex.upstream_start
+                ex.error = e
                 if scanner is not None:
-                    tracker.stream_end(ex, scanner)
-                elif head_bytes is not None:
-                    tracker.wait_body(ex, head_bytes)
-                if usage is not None:
-                    usage.end_body()
-        return resp
+                    try:
+                        # end a half-written event first, so the error event parses on its own
+                        prefix = b"\r\n\r\n" if scanner.mid_event else b""
+                        await writer.write(prefix + E.sse_error_event(e.type, str(e), ex.request_id), drain=False)
+                        if proto.writing_paused:
+                            await write_within(writer, loop, write_timeout, conn.total_at, conn.total_kind)
+                    except (E.ClientSlow, *_CLIENT_GONE):
+                        pass
+                tr = request.transport
+                if tr is not None:
+                    # close after the bytes already queued (the error event) are sent, never with a final chunk
+                    tr.close()
+            except _CLIENT_GONE:
+                if route.cancel_on_disconnect and self.on_client_gone is not None:
+                    self.on_client_gone(ex)
+                raise E.ClientGone() from None
+            except asyncio.CancelledError:
+                if isinstance(conn.error, E.ShuttingDown):
+                    ex.error = conn.error  # cut by our own shutdown while blocked on the client, not its leaving
+                elif route.cancel_on_disconnect and self.on_client_gone is not None:
+                    self.on_client_gone(ex)
+                raise
+            finally:
+                if gauge is not None:
+                    gauge.dec()
+                ex.resp_bytes = sent
+                if scanner is not None:
+                    ex.events = scanner.events
+                if tracker is not None and completed:
+                    if scanner is not None:
+                        tracker.stream_end(ex, scanner)
+                    elif head_bytes is not None:
+                        tracker.wait_body(ex, head_bytes)
+                    if usage is not None:
+                        usage.end_body()
+                await self._settle(conn, pump)
+            if ex.run_outcome == "success" and ex.is_stream and self.run_tracker is not None:
+                # a stream that ended cleanly may still be an interrupted run (its client already
+                # has the whole answer; only the run outcome waits for this one status read)
+                await self.run_tracker.confirm(ex)
+        except (asyncio.CancelledError, Exception) as e:
+            exc = e
+        ex.end(request, exc)
+        if exc is not None:
+            raise asyncio.CancelledError() from None
+
 
 async def _stop(task: asyncio.Task) -> None:
     """Cancel a helper task and wait for it, keeping its outcome quiet."""

@@ -18,10 +18,14 @@ from .tracing import from_headers
 from .websocket import is_upgrade
 
 # The contract of every layer and of the forwarder: take the request and its Exchange, return the
-# response (already sent when streamed) or raise a proxy.errors exception. A layer that acts only
-# before the next one (request id, route, target check, deadline, the upgrade branch) is a plain
-# ``def`` returning the next handler's awaitable: no frame of it stays on the stack for the life of
-# a stream (thousands of streams: a frame each), and no resumption passes through it.
+# response or raise a proxy.errors exception. A streamed answer returns once its head is sent, with
+# its body's relay left in ``ex.tail`` (the runtime awaits it after the chain returned), so no layer
+# keeps a coroutine frame for the life of a stream (thousands of streams: a frame each, per layer).
+# A layer that acts only before the next one (request id, route, target check, deadline, the
+# upgrade branch) is a plain ``def`` returning the next handler's awaitable. A layer with work for
+# the exchange's end (errors, telemetry, limits, breaker) has an ``end(request, ex, exc)`` method:
+# it calls it at once when the next handler raised, and otherwise hands itself to ``ex.at_end``,
+# which calls it now for a complete answer or when the stream's tail ends.
 Handler = Callable[[web.BaseRequest, Exchange], Awaitable[web.StreamResponse]]
 # One entry of the layer list in proxy/app.py: (name, class, settings); built as cls(next, **settings).
 LayerEntry = tuple[str, type, dict[str, Any]]
@@ -107,19 +111,17 @@ class Errors:
 
     async def __call__(self, request, ex):
         try:
-            return await self.next(request, ex)
+            resp = await self.next(request, ex)
         except asyncio.CancelledError:
             raise
         except E.ClientGone:
             raise asyncio.CancelledError() from None  # nobody to answer; the server drops it quietly
         except Exception as e:
-            if not isinstance(e, E.ProxyError):
-                log.exception("unexpected error while proxying", extra={"fields": {"request_id": ex.request_id}})
             if ex.headers_sent:
-                tr = request.transport
-                if tr is not None:
-                    tr.abort()
+                self.end(request, ex, e)
                 raise asyncio.CancelledError() from None
+            if not isinstance(e, E.ProxyError):
+                _log_unexpected(ex, e)
             status, etype = E.classify(e)
             message = str(e) if isinstance(e, E.ProxyError) else "internal error in the proxy"
             resp = web.Response(status=status, body=E.error_body(etype, message, ex.request_id),
@@ -134,6 +136,25 @@ class Errors:
                     if stop is not None:
                         stop()
             return resp
+        ex.at_end(self, request)
+        return resp
+
+    @staticmethod
+    def end(request, ex, exc) -> None:
+        """The answer had started: nothing is left to send. A failure other than the client's
+        leaving aborts the connection (an unexpected one is logged first); the forwarder already
+        ended SSE streams with an error event where it could."""
+        if exc is None or isinstance(exc, (asyncio.CancelledError, E.ClientGone)):
+            return
+        if not isinstance(exc, E.ProxyError):
+            _log_unexpected(ex, exc)
+        tr = request.transport
+        if tr is not None:
+            tr.abort()
+
+
+def _log_unexpected(ex, e: BaseException) -> None:
+    log.error("unexpected error while proxying", exc_info=e, extra={"fields": {"request_id": ex.request_id}})
 
 
 class Deliver:

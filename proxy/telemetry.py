@@ -90,19 +90,21 @@ class Telemetry:
         self.exporter = exporter      # proxy.tracing.SpanExporter: one span per request (and run)
 
     async def __call__(self, request, ex):
-        m = self.m
-        route = ex.route.name
-        in_flight, ttfb_h, overhead_h, req_bytes, resp_bytes = m.route_children(route)
-        in_flight.inc()
-        exc = None
+        self.m.route_children(ex.route.name)[0].inc()
         try:
-            return await self.next(request, ex)
+            resp = await self.next(request, ex)
         except BaseException as e:
-            exc = e
+            self.end(request, ex, e)
             raise
-        finally:
-            in_flight.dec()
-            self._record(ex, route, exc, ttfb_h, overhead_h, req_bytes, resp_bytes)
+        ex.at_end(self, request)
+        return resp
+
+    def end(self, request, ex, exc: BaseException | None) -> None:
+        """The exchange is over (``exc``: what ended it, if it raised): count it and log it."""
+        route = ex.route.name
+        in_flight, ttfb_h, overhead_h, req_bytes, resp_bytes = self.m.route_children(route)
+        in_flight.dec()
+        self._record(ex, route, exc, ttfb_h, overhead_h, req_bytes, resp_bytes)
 
     def _record(self, ex, route, exc, ttfb_h, overhead_h, req_bytes, resp_bytes) -> None:
         m = self.m

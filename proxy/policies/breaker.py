@@ -122,28 +122,34 @@ class Breaker:
         self.shed = metrics.shed
         self.probe_may_trial = probe_may_trial
 
-    async def __call__(self, request, ex):
+    def __call__(self, request, ex):
         br = self.breakers.get(ex.route.breaker)
         if br is None:
-            return await self.next(request, ex)
-        cb = br.cb
-        trial = False
-        if cb.current_state != "closed":
+            return self.next(request, ex)
+        return self._guarded(request, ex, br)
+
+    async def _guarded(self, request, ex, br: BreakerState):
+        if br.cb.current_state != "closed":
             if not br.admit(ex.probe is not None, self.probe_may_trial):
                 self.shed.labels("breaker_open").inc()
                 raise E.BreakerOpen(br.name, br.retry_after())
-            trial = True
+            ex.trial = True
         ex.on_stream_start = br.on_stream
         try:
             resp = await self.next(request, ex)
         except BaseException as e:
-            self._judge(br, ex, e)
+            self.end(request, ex, e)
             raise
-        finally:
-            if trial:
-                br.trial_in_flight = False
-        self._judge(br, ex, None)
+        ex.at_end(self, request)  # a stream is judged again when its tail ends
         return resp
+
+    def end(self, request, ex, exc) -> None:
+        """Judge this attempt (``exc``: how it failed, if it raised) and give back the trial."""
+        br = self.breakers[ex.route.breaker]
+        self._judge(br, ex, exc)
+        if ex.trial:
+            ex.trial = False
+            br.trial_in_flight = False
 
     @staticmethod
     def _judge(br: BreakerState, ex, exc) -> None:

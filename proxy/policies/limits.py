@@ -52,13 +52,23 @@ class Limits:
                 self.shed.labels("streams").inc()
                 raise E.Shed("streams", f"more than limits.max_concurrent_streams ({self.max_streams}) streams open")
             counts.streams += 1
+            ex.holds_stream = True
         counts.active += 1
         try:
-            return await self.next(request, ex)
-        finally:
-            counts.active -= 1
-            if stream:
-                counts.streams -= 1
+            resp = await self.next(request, ex)
+        except BaseException as e:
+            self.end(request, ex, e)
+            raise
+        ex.at_end(self, request)  # a stream holds its slots until its tail ends
+        return resp
+
+    def end(self, request, ex, exc) -> None:
+        """Give back the exchange's slots."""
+        counts = self.counts
+        counts.active -= 1
+        if ex.holds_stream:
+            ex.holds_stream = False
+            counts.streams -= 1
 
 
 def _wants_stream(request, ex) -> bool:

@@ -203,6 +203,46 @@ async def test_client_disconnects_are_not_breaker_failures(upstream, make_proxy,
     await ok_after(session, p)
 
 
+async def test_a_stream_holds_its_slots_until_it_ends_however_it_ends(upstream, make_proxy, session):
+    """A stream's body is relayed after the layers returned (proxy/layers.py): the limits, the
+    breaker and telemetry still act when it ends, each way it can end, and only then."""
+    p = make_proxy(upstream.url, {"timeouts": {"idle": "400ms"}, "retries": {"attempts": 1},
+                                  "circuit_breaker": {"fail_max": 5},
+                                  "limits": {"max_concurrent_streams": 4}})
+    sse = {"Accept": "text/event-stream"}
+    paths = ["/sse?events=6&interval=0.1",                 # completes
+             "/sse?events=50&interval=0.1",                # the client leaves
+             "/silence?ctype=text/event-stream",           # the upstream goes quiet: idle timeout
+             "/reset?ctype=text/event-stream"]             # the upstream resets mid-body
+    resps = [await session.get(p.url + path, headers=sse) for path in paths]
+    assert [r.status for r in resps] == [200] * 4
+    for r in resps[:3]:
+        await r.content.readuntil(b"\r\n\r\n")  # each is past its head, in its relay
+    st = await (await session.get(p.admin + "/status")).json()
+    assert st["capacity"]["streams"] >= 3 and st["in_flight_requests"] >= 3
+    async with session.get(p.url + "/sse?events=1", headers=sse) as r:   # a fifth is shed
+        assert r.status == 503 and (await r.json())["error"]["type"] == "overloaded"
+    resps[1].close()
+    whole, quiet, reset = await asyncio.gather(resps[0].read(), read_cut(resps[2]), read_cut(resps[3]))
+    assert events_of(whole)[-1] == "values"  # with its final chunk
+    assert events_of(quiet)[-1] == "error" and events_of(reset)[-1] == "error"
+    await asyncio.sleep(0.3)
+    st = await (await session.get(p.admin + "/status")).json()
+    assert st["capacity"] == {**st["capacity"], "in_flight": 0, "streams": 0}
+    assert st["in_flight_requests"] == 0
+    # the breaker heard of what the upstream did, and of nothing else
+    assert st["breakers"]["upstream"]["fail_counter"] == 2
+    s = await scrape(p.admin)
+    assert metric(s, "sidecar_streams_total", outcome="completed") == 1
+    assert metric(s, "sidecar_streams_total", outcome="client_disconnect") == 1
+    assert metric(s, "sidecar_streams_total", outcome="idle_timeout") == 1
+    assert metric(s, "sidecar_streams_total", outcome="upstream_error") == 1
+    assert metric(s, "sidecar_in_flight_requests", route="other") == 0
+    assert metric(s, "sidecar_in_flight_streams") == 0
+    assert metric(s, "sidecar_shed_total", reason="streams") == 1
+    await ok_after(session, p)
+
+
 async def test_route_with_its_own_breaker(upstream, make_proxy, session):
     p = make_proxy(upstream.url, {"retries": {"attempts": 1}, "routes": [
         {"name": "fragile", "path": "/status/{code}", "circuit_breaker": {"fail_max": 1, "reset_timeout": "30s"}}]})

@@ -3,12 +3,15 @@
 Why not aiohttp's ClientSession: per proxied request it costs several times the CPU of this
 minimal client (see docs/benchmarks.md). This module does one thing: send a request head and body
 on a pooled connection and hand back the response head and body chunks, with the timeouts the
-caller armed enforced by one timer per connection (no per-chunk ``wait_for``).
+caller armed enforced by one deadline per connection, kept in its pool's heap under one loop
+timer (no per-chunk ``wait_for``, no timer object per connection).
 """
 from __future__ import annotations
 
 import asyncio
 import collections
+import heapq
+import itertools
 import socket
 import ssl
 from urllib.parse import urlsplit
@@ -171,7 +174,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.keep_alive = p.should_keep_alive()
         self.upgrade = p.should_upgrade()
         self.first_byte_at = None
-        if self.idle and (self._timer is None or self._timer.when() > self.last_rx + self.idle):
+        if self.idle and (self._timer is None or self._timer[0] > self.last_rx + self.idle):
             self._arm()  # the first-byte timer was set later than the idle deadline now due
         if not self.head_only and self.status not in (204, 304):
             framed = False
@@ -232,9 +235,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.abort()
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer = None  # its heap entry is stale now; the pool drops it when it comes up
 
     def _arm(self) -> None:
         """Schedule the one timer at the earliest moment any armed timeout could fire."""
@@ -244,9 +245,9 @@ class UpstreamConnection(asyncio.Protocol):
                   (self.last_event + self.event_idle) if (self.event_idle and not self.first_byte_at) else None):
             if t is not None and (when is None or t < when):
                 when = t
-        self._cancel_timer()
+        self._timer = None
         if when is not None and not self.done:
-            self._timer = self.loop.call_at(when, self._on_timer)
+            self._timer = self.pool.schedule(self, when)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -287,7 +288,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport.write(head)
         due = self.first_byte_at if self.total_at is None or (
             self.first_byte_at is not None and self.first_byte_at < self.total_at) else self.total_at
-        if due is not None and (self._timer is None or self._timer.when() > due):
+        if due is not None and (self._timer is None or self._timer[0] > due):
             self._arm()
 
     def set_stream_timeouts(self, *, total: float | None, total_kind: str, idle: float | None,
@@ -317,6 +318,7 @@ class UpstreamConnection(asyncio.Protocol):
         """``(status, raw_headers)`` once the head has come. The headers are the caller's: the
         connection keeps no copy (a stream would hold them twice for its whole life)."""
         await self.hdr_fut
+        self.hdr_fut = None  # done with: a stream keeps no spent future
         raw, self.raw_headers = self.raw_headers, []
         return self.status, raw
 
@@ -387,6 +389,15 @@ class UpstreamPool:
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
         self._sweeper = None
         self._closed = False
+        # the connections' deadlines: (when, seq, connection) entries in a heap, one loop timer
+        # for the earliest (a uvloop timer costs ~0.5 KiB; an entry 64 bytes). A connection's live
+        # entry is its ``_timer``; others are stale, dropped as they come up or all at once when
+        # the heap passes ``_compact_at`` (twice what the last compaction kept, plus 64)
+        self._deadlines: list[tuple] = []
+        self._seq = itertools.count()
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_at = 0.0
+        self._compact_at = 64
 
     def start(self) -> None:
         if self.keepalive_timeout > 0 and self._sweeper is None:
@@ -505,6 +516,48 @@ class UpstreamPool:
         else:
             self._discard(c)
 
+    def schedule(self, conn: UpstreamConnection, when: float) -> tuple:
+        """Call ``conn._on_timer()`` at loop time ``when`` unless ``conn._timer`` no longer is the
+        entry returned (the connection re-armed or cancelled: the entry is stale)."""
+        entry = (when, next(self._seq), conn)
+        heap = self._deadlines
+        heapq.heappush(heap, entry)
+        if len(heap) > self._compact_at:
+            heap[:] = [e for e in heap if e[2]._timer is e or e is entry]
+            heapq.heapify(heap)
+            self._compact_at = 2 * len(heap) + 64
+        if self._deadline_timer is None or when < self._deadline_at:
+            self._wake_at(when)
+        return entry
+
+    def _wake_at(self, when: float) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        self._deadline_at = when
+        self._deadline_timer = self.loop.call_at(when, self._deadlines_due)
+
+    def _deadlines_due(self) -> None:
+        self._deadline_timer = None
+        heap = self._deadlines
+        now = self.loop.time()
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            conn = entry[2]
+            if conn._timer is entry:
+                conn._timer = None
+                try:
+                    conn._on_timer()  # may schedule again (always later than now)
+                except Exception as e:  # noqa: BLE001 - one connection's failure must not stop the others' timeouts
+                    self.loop.call_exception_handler({"message": "upstream timeout handler failed",
+                                                      "exception": e, "protocol": conn})
+        while heap and heap[0][2]._timer is not heap[0]:
+            heapq.heappop(heap)
+        if heap:
+            self._wake_at(heap[0][0])
+        elif self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+
     def stats(self) -> dict:
         """True now: connections open (busy + idle + connecting), idle, callers waiting for one."""
         return {"open": self.open_count, "busy": len(self.busy), "idle": len(self.idle),
@@ -520,6 +573,9 @@ class UpstreamPool:
 
     async def close(self) -> None:
         self._closed = True
+        if self._deadline_timer is not None and not self.busy:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         if self._sweeper is not None:
             self._sweeper.cancel()
         for c in self.idle:

@@ -141,13 +141,30 @@ class GuardedServer(web.Server):
         super().connection_made(handler, transport)
 
 
+class UpgradeRequest(web.BaseRequest):
+    """aiohttp's request, for a connection proxy/server.py handed over at an upgrade, with the
+    members the layers use on server.py's requests, so no layer asks which server it came from."""
+
+    plain = False  # may be an upgrade: the upgrade branch reads its headers
+
+    def release_head(self) -> None:
+        """Nothing to give back: aiohttp's request keeps its head (upgrades are few)."""
+
+
+class UpgradeServer(GuardedServer):
+    """The guarded server behind proxy/server.py, for the connections it hands over."""
+
+    def _make_request(self, message, payload, protocol, writer, task) -> UpgradeRequest:
+        return UpgradeRequest(message, payload, protocol, writer, task, self._loop)
+
+
 def make_server(rt: "Runtime", server_cfg) -> TrafficServer:
     """The traffic port's server (proxy/server.py), with aiohttp's guarded server behind it for
     the connections it hands over at an upgrade (WebSocket)."""
     shed = rt.metrics.shed
     on_shed = lambda: shed.labels("connections").inc()  # noqa: E731
     on_slow = lambda: shed.labels("slow_client").inc()  # noqa: E731
-    upgrades = GuardedServer(
+    upgrades = UpgradeServer(
         rt.handle, handler_cancellation=True, access_log=None,
         max_connections=server_cfg.max_connections, head_timeout=server_cfg.header_read_timeout,
         on_shed=on_shed, on_slow_client=on_slow, keepalive_timeout=server_cfg.keepalive_timeout,

@@ -211,6 +211,6 @@ class Upgrade:
     def __call__(self, request, ex):
         # the traffic server hands upgrades to aiohttp's server (proxy/server.py): its own
         # requests (``plain``) are never one, and need no header lookup here
-        if not getattr(request, "plain", False) and "Upgrade" in request.headers and is_upgrade(request):
+        if not request.plain and "Upgrade" in request.headers and is_upgrade(request):
             return self.relay(request, ex)
         return self.next(request, ex)

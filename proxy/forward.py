@@ -264,7 +264,10 @@ class Forwarder:
             await self._settle(conn, pump)
             raise
         if ex.tail is None:  # a whole answer (else the tail owns the connection now)
-            await self._settle(conn, pump)
+            if pump is None:
+                self.pool.release(conn)
+            else:
+                await self._settle(conn, pump)
         return resp
 
     async def _settle(self, conn: UpstreamConnection, pump: asyncio.Task | None) -> None:
@@ -370,9 +373,7 @@ class Forwarder:
                 gauge.dec()
             raise E.ClientGone() from None
         resp.headers.clear()  # sent: the stream keeps no copy of them (~1 KiB a stream)
-        release = getattr(request, "release_head", None)  # proxy/server.py's requests only
-        if release is not None:
-            release()
+        request.release_head()  # nothing reads the request's head again
         # the body is relayed after every layer has returned (see proxy/layers.py): the runtime
         # awaits this one frame for the life of the stream
         ex.tail = self._stream(request, ex, conn, resp, scanner, gauge, tracker, pump)
@@ -473,7 +474,10 @@ class Forwarder:
                         tracker.wait_body(ex, head_bytes)
                     if usage is not None:
                         usage.end_body()
-                await self._settle(conn, pump)
+                if pump is None:
+                    self.pool.release(conn)
+                else:
+                    await self._settle(conn, pump)
             if ex.run_outcome == "success" and ex.is_stream and self.run_tracker is not None:
                 # a stream that ended cleanly may still be an interrupted run (its client already
                 # has the whole answer; only the run outcome waits for this one status read)

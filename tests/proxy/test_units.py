@@ -158,3 +158,40 @@ def test_buffer_budget_is_a_hard_bound():
     assert b.take(60) and not b.take(41) and b.take(40)
     b.give(60)
     assert b.used == 40 and b.take(60) and not b.take(1)
+
+
+class _Deadline:
+    """Stands for an UpstreamConnection in the pool's deadline heap: ``_timer`` and ``_on_timer``."""
+
+    def __init__(self, fired: list):
+        self._timer = None
+        self.fired = fired
+
+    def _on_timer(self):
+        self.fired.append(self)
+
+
+async def test_pool_deadlines_fire_once_in_order_and_the_heap_stays_bounded():
+    from proxy.upstream import UpstreamPool
+    pool = UpstreamPool("http://127.0.0.1:9", connect_timeout=1, max_connections=4, keepalive_timeout=0)
+    loop = asyncio.get_running_loop()
+    fired: list = []
+    conns = [_Deadline(fired) for _ in range(10)]
+    # each connection re-arms 500 times (a long stream's timers): every entry but its last is stale
+    for _ in range(500):
+        for c in conns:
+            c._timer = pool.schedule(c, loop.time() + 60)
+    assert len(pool._deadlines) <= 2 * 10 + 64 + 1
+    # the earliest deadlines fire, in order, once each; a cancelled one never does
+    a, b, gone = conns[:3]
+    b._timer = pool.schedule(b, loop.time() + 0.10)
+    a._timer = pool.schedule(a, loop.time() + 0.05)
+    gone._timer = pool.schedule(gone, loop.time() + 0.02)
+    gone._timer = None  # what UpstreamConnection._cancel_timer does
+    t0 = loop.time()
+    await asyncio.sleep(0.2)
+    assert fired == [a, b]
+    assert a._timer is None and b._timer is None
+    # the loop timer now waits for the next live deadline (60 s away), not for a stale one
+    assert pool._deadline_at - t0 > 50
+    await pool.close()

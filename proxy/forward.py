@@ -5,7 +5,7 @@ non-streaming answer with a Content-Length up to ``limits.max_buffered_response_
 so its upstream connection goes back to the pool at once whatever the client's speed (the
 process-wide :class:`BufferBudget` bounds all of them together; the ``deliver`` layer writes it
 out). Everything else moves chunk by chunk; SSE chunks are written the moment they arrive and are
-never buffered. Upstream timeouts are armed on the upstream connection (one timer each); every
+never buffered. Upstream timeouts are armed on the upstream connection (one deadline each); every
 write to the client that would block is bounded by ``server.client_write_timeout`` and by the
 exchange's own deadline. Failures after the response started end it unmistakably: an SSE
 ``event: error`` for event streams, an aborted connection for everything else, so a truncated

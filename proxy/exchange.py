@@ -83,3 +83,18 @@ class Exchange:
             except Exception:  # noqa: BLE001 - a bug in one layer must not leak another's counts
                 log.exception("a layer failed at the end of an exchange",
                               extra={"fields": {"request_id": self.request_id}})
+
+
+async def until_end(layer, request, ex: Exchange):
+    """Await ``layer.next``; then ``layer.end(request, ex, exc)`` runs once: at once with the
+    exception if the next handler raised, else through :meth:`Exchange.at_end` (now for a
+    complete answer, when the relay ends for a stream). A layer with end-of-exchange work is a
+    plain ``def`` that does its work before the next handler and returns this."""
+    try:
+        resp = await layer.next(request, ex)
+    except BaseException as e:
+        layer.end(request, ex, e)
+        raise
+    ex.at_end(layer, request)
+    return resp
+

@@ -23,9 +23,10 @@ from .websocket import is_upgrade
 # keeps a coroutine frame for the life of a stream (thousands of streams: a frame each, per layer).
 # A layer that acts only before the next one (request id, route, target check, deadline, the
 # upgrade branch) is a plain ``def`` returning the next handler's awaitable. A layer with work for
-# the exchange's end (errors, telemetry, limits, breaker) has an ``end(request, ex, exc)`` method:
-# it calls it at once when the next handler raised, and otherwise hands itself to ``ex.at_end``,
-# which calls it now for a complete answer or when the stream's tail ends.
+# the exchange's end (telemetry, limits, breaker) has an ``end(request, ex, exc)`` method and
+# returns ``exchange.until_end(self, request, ex)``, which runs it at once when the next handler
+# raised, else through ``ex.at_end``: now for a complete answer, when the stream's tail ends
+# otherwise. The errors layer, which also turns exceptions into answers, does the same by hand.
 Handler = Callable[[web.BaseRequest, Exchange], Awaitable[web.StreamResponse]]
 # One entry of the layer list in proxy/app.py: (name, class, settings); built as cls(next, **settings).
 LayerEntry = tuple[str, type, dict[str, Any]]

@@ -13,6 +13,7 @@ import time
 from . import errors as E
 from .headers import log_escape
 from .langgraph import run_ref
+from .exchange import until_end
 from .outcome import count_failure, ending
 from .tracing import RunInfo
 
@@ -89,15 +90,9 @@ class Telemetry:
         self.on_probe = on_probe      # a probe's exchange ended: tell the probe runner how
         self.exporter = exporter      # proxy.tracing.SpanExporter: one span per request (and run)
 
-    async def __call__(self, request, ex):
+    def __call__(self, request, ex):
         self.m.route_children(ex.route.name)[0].inc()
-        try:
-            resp = await self.next(request, ex)
-        except BaseException as e:
-            self.end(request, ex, e)
-            raise
-        ex.at_end(self, request)
-        return resp
+        return until_end(self, request, ex)
 
     def end(self, request, ex, exc: BaseException | None) -> None:
         """The exchange is over (``exc``: what ended it, if it raised): count it and log it."""

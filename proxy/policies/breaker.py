@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 import pybreaker
 
 from .. import errors as E
+from ..exchange import until_end
 from ..outcome import upstream_failed
 
 log = logging.getLogger("proxy.breaker")
@@ -126,22 +127,13 @@ class Breaker:
         br = self.breakers.get(ex.route.breaker)
         if br is None:
             return self.next(request, ex)
-        return self._guarded(request, ex, br)
-
-    async def _guarded(self, request, ex, br: BreakerState):
         if br.cb.current_state != "closed":
             if not br.admit(ex.probe is not None, self.probe_may_trial):
                 self.shed.labels("breaker_open").inc()
                 raise E.BreakerOpen(br.name, br.retry_after())
             ex.trial = True
         ex.on_stream_start = br.on_stream
-        try:
-            resp = await self.next(request, ex)
-        except BaseException as e:
-            self.end(request, ex, e)
-            raise
-        ex.at_end(self, request)  # a stream is judged again when its tail ends
-        return resp
+        return until_end(self, request, ex)  # a stream is judged again when its relay ends
 
     def end(self, request, ex, exc) -> None:
         """Judge this attempt (``exc``: how it failed, if it raised) and give back the trial."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .. import errors as E
+from ..exchange import until_end
 
 
 class Counts:
@@ -30,7 +31,7 @@ class Limits:
         self.max_header = max_header
         self.shed = metrics.shed
 
-    async def __call__(self, request, ex):
+    def __call__(self, request, ex):
         counts = self.counts
         if counts.active >= self.max_concurrent:
             self.shed.labels("concurrency").inc()
@@ -54,13 +55,7 @@ class Limits:
             counts.streams += 1
             ex.holds_stream = True
         counts.active += 1
-        try:
-            resp = await self.next(request, ex)
-        except BaseException as e:
-            self.end(request, ex, e)
-            raise
-        ex.at_end(self, request)  # a stream holds its slots until its tail ends
-        return resp
+        return until_end(self, request, ex)  # a stream holds its slots until its relay ends
 
     def end(self, request, ex, exc) -> None:
         """Give back the exchange's slots."""

@@ -283,7 +283,6 @@ class Forwarder:
     async def _respond(self, request, ex: Exchange, conn: UpstreamConnection, status: int,
                        answer_head: list, pump: asyncio.Task | None) -> web.StreamResponse:
         raw = answer_head.pop()
-        loop = self.loop
         ex.ttfb = monotonic() - ex.upstream_start
         ex.status = status
         route = ex.route

@@ -245,7 +245,7 @@ class UpstreamConnection(asyncio.Protocol):
                   (self.last_event + self.event_idle) if (self.event_idle and not self.first_byte_at) else None):
             if t is not None and (when is None or t < when):
                 when = t
-        self._timer = None
+        self._cancel_timer()
         if when is not None and not self.done:
             self._timer = self.pool.schedule(self, when)
 

@@ -1,12 +1,38 @@
-"""The LangGraph sidecar proxy: python -m proxy --config PATH [--check]"""
+# The sidecar's command line (the image runs it under -OO, so --help reads no docstring)
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 
-from . import config as C
 
+def _import_aiohttp_without_its_ca_copies() -> None:
+    """Import aiohttp with no CA file for OpenSSL to read, then put the environment back.
+
+    aiohttp builds two client TLS contexts when it is imported (``aiohttp.connector``), and each
+    parses the whole system CA bundle: 2 MiB of the sidecar's idle RSS. The sidecar never uses
+    them: the upstream pool, the run checks and the WebSocket relay share the pool's own context
+    (``proxy/upstream.py``), and probes speak plain HTTP to the traffic port. Pointed at an empty
+    file, OpenSSL keeps only its hashed CA directory for those two contexts, read certificate by
+    certificate on demand. Every context the sidecar makes afterwards reads ``SSL_CERT_FILE`` (or
+    the bundle) as before: a custom CA is trusted exactly as it was.
+    """
+    saved = os.environ.get("SSL_CERT_FILE")
+    os.environ["SSL_CERT_FILE"] = os.devnull
+    try:
+        import aiohttp  # noqa: F401
+    finally:
+        if saved is None:
+            del os.environ["SSL_CERT_FILE"]
+        else:
+            os.environ["SSL_CERT_FILE"] = saved
+
+
+_import_aiohttp_without_its_ca_copies()
+
+from . import config as C  # noqa: E402
+
+DESCRIPTION = "The LangGraph sidecar proxy: python -m proxy --config PATH [--check]"
 EPILOG = """\
 default ports (server.listen / server.admin_listen in the config):
   8080  traffic: clients, the Service
@@ -41,7 +67,7 @@ def _check_report(path: str, cfg: C.Config) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m proxy", description=__doc__, epilog=EPILOG,
+    ap = argparse.ArgumentParser(prog="python -m proxy", description=DESCRIPTION, epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=os.environ.get("PROXY_CONFIG"),
                     help="YAML config file (default: $PROXY_CONFIG)")

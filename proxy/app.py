@@ -120,7 +120,7 @@ class Runtime:
         self.access_log = AccessLog(cfg.logging.format)
         self.pool = self._make_pool(cfg)
         self.canceller = RunCanceller(self.pool, self.metrics)
-        self.websocket = WebSocketRelay(cfg.upstream.url, self.metrics, cfg.upstream.connect_timeout)
+        self.websocket = WebSocketRelay(cfg.upstream.url, self.metrics, cfg.upstream.connect_timeout, self.pool.ssl)
         self.breakers: dict[str, BreakerState] = {}
         self.counts = Counts()
         self.buffers = BufferBudget(cfg.limits.max_buffered_bytes)
@@ -193,7 +193,7 @@ class Runtime:
             self.pool = self._make_pool(cfg)
             self.canceller = RunCanceller(self.pool, self.metrics)
             old_ws = self.websocket
-            self.websocket = WebSocketRelay(cfg.upstream.url, self.metrics, cfg.upstream.connect_timeout)
+            self.websocket = WebSocketRelay(cfg.upstream.url, self.metrics, cfg.upstream.connect_timeout, self.pool.ssl)
             self.loop.call_later(max(cfg.server.shutdown_grace, 1), lambda: self.loop.create_task(old_ws.close()))
             self.loop.call_later(max(cfg.server.shutdown_grace, 1), lambda: self.loop.create_task(old.close()))
         self.access_log.fmt = cfg.logging.format

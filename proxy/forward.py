@@ -414,6 +414,7 @@ class Forwarder:
                             usage.feed_body(chunk)
                     sent += len(chunk)
                     await writer.write(chunk, drain=False)
+                    chunk = None  # sent: a quiet stream holds no copy of its last event while it waits
                     if proto.writing_paused:
                         await write_within(writer, loop, write_timeout, conn.total_at, conn.total_kind)
                 ex.upstream_time = monotonic() - ex.upstream_start

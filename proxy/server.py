@@ -268,12 +268,14 @@ class Connection(BaseProtocol):
         self.server = server
         self._hp = httptools.HttpRequestParser(self)
         self._url = b""
-        self._fields: list = []
+        self._fields: list | None = None   # the head's fields while it is parsed (none while it is served)
         self._line = 0             # bytes of a head line still arriving (bounded by the limits)
         self._in_head = False
         self._building: Request | None = None   # the request whose body is being parsed
-        self._fresh: list = []     # requests parsed from the current read (dispatched after it)
-        self._queue: list = []     # requests (or a refusal, or an upgrade) waiting (a deque costs 624 B)
+        # both () while empty, a list only while something waits: an open stream keeps no empty
+        # list (56 B each); a deque would cost 624 B
+        self._fresh: list | tuple = ()   # requests parsed from the current read (dispatched after it)
+        self._queue: list | tuple = ()   # requests (or a refusal, or an upgrade) waiting
         self._task: asyncio.Task | None = None  # the request being answered
         self._current: Request | None = None
         self._head_timer = None
@@ -415,10 +417,10 @@ class Connection(BaseProtocol):
         content = Body(self) if chunked or (clen is not None and clen > 0) else NO_BODY
         req = Request(self, hp.get_method().decode("ascii"), path, version, self._fields,
                       hp.should_keep_alive(), content, clen)
-        self._fields = []
+        self._fields = None
         self._url = b""
         self._building = req
-        self._fresh.append(req)
+        self._parsed(req)
 
     def on_body(self, body: bytes) -> None:
         self._building.content.feed(body)
@@ -457,9 +459,18 @@ class Connection(BaseProtocol):
     def _fresh_or_busy(self) -> bool:
         return bool(self._fresh) or self._task is not None
 
+    def _parsed(self, item) -> None:
+        if self._fresh:
+            self._fresh.append(item)
+        else:
+            self._fresh = [item]
+
     def _dispatch(self) -> None:
-        self._queue.extend(self._fresh)
-        self._fresh.clear()
+        fresh, self._fresh = self._fresh, ()
+        if self._queue:
+            self._queue.extend(fresh)
+        else:
+            self._queue = fresh
         if self._task is None:
             self._next()
         if self._queue:
@@ -468,6 +479,8 @@ class Connection(BaseProtocol):
     def _next(self) -> None:
         while self._queue:
             item = self._queue.pop(0)
+            if not self._queue:
+                self._queue = ()
             if isinstance(item, Request):
                 self._current = item
                 self._task = self._loop.create_task(self._serve(item))
@@ -514,7 +527,7 @@ class Connection(BaseProtocol):
             self._close = True
         if self._close:
             self._dead = True
-            self._queue.clear()
+            self._queue = ()
             if self.transport is not None:
                 self.transport.close()
             return
@@ -545,14 +558,17 @@ class Connection(BaseProtocol):
         """A head the proxy will not serve: answered in its turn with the JSON error shape, then
         the connection closes (what follows a malformed head cannot be framed)."""
         self._dead = True
-        self._fresh.clear()   # like aiohttp: the requests parsed from the same read are dropped
+        self._fresh = ()   # like aiohttp: the requests parsed from the same read are dropped
         building, self._building = self._building, None
         if building is not None and (building is self._current or building in self._queue):
             # its body broke off mid-way: that request fails (its handler answers), then we close
             building.content.fail(E.BadRequest("malformed request body: " + str(err)))
             self._close = True
             return
-        self._queue.append((err, reason))
+        if self._queue:
+            self._queue.append((err, reason))
+        else:
+            self._queue = [(err, reason)]
         if self._task is None:
             self._next()
 
@@ -595,7 +611,7 @@ class Connection(BaseProtocol):
         head.append(b"\r\n")
         self._dead = True
         # in its turn, after the requests before it; reading stays paused until then
-        self._fresh.append(b"".join(head) + rest)
+        self._parsed(b"".join(head) + rest)
         self._dispatch()
 
     def _hand_over(self, raw: bytes) -> None:

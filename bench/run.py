@@ -1165,6 +1165,8 @@ def build_report(raw, a):
         row("p50 delay ms", [mm(rs[c], "steady_p50_ms", 2) for c in cols])
         row("p99 delay ms", [mm(rs[c], "steady_p99_ms", 2) for c in cols])
         row("  p99 x nginx", vs_nginx("steady_p99_ms"))
+        row("p99 delay ms mid-stream (no last 2 events)", [mm(rs[c], "mid_p99_ms", 2) for c in cols])
+        row("  mid-stream p99 x nginx", vs_nginx("mid_p99_ms"))
         row("time to first event p50 / p99 ms", ["%s / %s" % (fmt(medc(c, "ttfb_p50_ms"), 1), fmt(medc(c, "ttfb_p99_ms"), 1))
                                                  if rs[c] else "-" for c in cols])
         row("  TTFE p99 x nginx", vs_nginx("ttfb_p99_ms"))

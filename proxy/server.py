@@ -82,6 +82,14 @@ def log_refusal(err: E.ProxyError, reason: str, peer: str | None) -> str:
     return rid
 
 
+def _with(items: list | tuple, item) -> list:
+    """``items`` with ``item`` appended: a connection's waiting lists are () while empty."""
+    if items:
+        items.append(item)
+        return items
+    return [item]
+
+
 def _peer(transport) -> str | None:
     peer = transport.get_extra_info("peername") if transport is not None else None
     return peer[0] if isinstance(peer, (list, tuple)) else peer
@@ -420,7 +428,7 @@ class Connection(BaseProtocol):
         self._fields = None
         self._url = b""
         self._building = req
-        self._parsed(req)
+        self._fresh = _with(self._fresh, req)
 
     def on_body(self, body: bytes) -> None:
         self._building.content.feed(body)
@@ -458,12 +466,6 @@ class Connection(BaseProtocol):
     # ------------------------------------------------------------------ requests
     def _fresh_or_busy(self) -> bool:
         return bool(self._fresh) or self._task is not None
-
-    def _parsed(self, item) -> None:
-        if self._fresh:
-            self._fresh.append(item)
-        else:
-            self._fresh = [item]
 
     def _dispatch(self) -> None:
         fresh, self._fresh = self._fresh, ()
@@ -565,10 +567,7 @@ class Connection(BaseProtocol):
             building.content.fail(E.BadRequest("malformed request body: " + str(err)))
             self._close = True
             return
-        if self._queue:
-            self._queue.append((err, reason))
-        else:
-            self._queue = [(err, reason)]
+        self._queue = _with(self._queue, (err, reason))
         if self._task is None:
             self._next()
 
@@ -611,7 +610,7 @@ class Connection(BaseProtocol):
         head.append(b"\r\n")
         self._dead = True
         # in its turn, after the requests before it; reading stays paused until then
-        self._parsed(b"".join(head) + rest)
+        self._fresh = _with(self._fresh, b"".join(head) + rest)
         self._dispatch()
 
     def _hand_over(self, raw: bytes) -> None:

@@ -60,6 +60,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import sysconfig
 import time
 import urllib.request
 
@@ -326,11 +327,11 @@ def image_env(tree: str, py: str) -> dict:
         env["PYTHONPYCACHEPREFIX"] = os.path.join(os.path.expanduser("~"), ".cache", "sidecar-bench", "pycache")
     level = env.get("PYTHONOPTIMIZE", "0")
     cenv = dict(os.environ, **env)
-    import sysconfig
-    for where in ([sysconfig.get_path("stdlib")], [sysconfig.get_path("purelib"), sysconfig.get_path("platlib")],
-                  [os.path.join(tree, "proxy")]):
-        x = ["-x", "/(test|tests|idle_test|site-packages)/"] if where[0] == sysconfig.get_path("stdlib") else []
-        subprocess.run([py, "-m", "compileall", "-q", "-j", "0", "-o", level, *x, *sorted(set(where))],
+    skip = re.search(r"compileall[^\n]*?-x '([^']+)'", text)  # what the build stage leaves out of the stdlib
+    venv = sorted({sysconfig.get_path("purelib"), sysconfig.get_path("platlib")})
+    for where, x in (([sysconfig.get_path("stdlib")], ["-x", skip.group(1)] if skip else []),
+                     (venv, []), ([os.path.join(tree, "proxy")], [])):
+        subprocess.run([py, "-m", "compileall", "-q", "-j", "0", "-o", level, *x, *where],
                        env=cenv, stdout=subprocess.DEVNULL, check=False)
     return env
 

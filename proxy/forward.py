@@ -24,6 +24,7 @@ from .exchange import Exchange
 from .headers import DOWN_STRIP, URL_HEADERS, client_host, client_url, connection_tokens, upstream_head, upstream_strip
 from .langgraph import DisconnectIntent
 from .outcome import IDEMPOTENT, count_failure
+from .server import send_now
 from .sse import SSEScanner
 from .upstream import UpstreamConnection, UpstreamPool
 
@@ -398,7 +399,9 @@ class Forwarder:
         try:
             try:
                 while True:
-                    chunk = await conn.next_chunk()
+                    while (w := conn.wait_chunk()) is not None:
+                        await w  # the future itself: no coroutine per event
+                    chunk = conn.take_chunk()
                     if chunk is None:
                         break
                     if scanner is not None and scanner.feed(chunk):
@@ -413,7 +416,8 @@ class Forwarder:
                         if usage is not None:
                             usage.feed_body(chunk)
                     sent += len(chunk)
-                    await writer.write(chunk, drain=False)
+                    if not send_now(writer, chunk):
+                        await writer.write(chunk, drain=False)
                     chunk = None  # sent: a quiet stream holds no copy of its last event while it waits
                     if proto.writing_paused:
                         await write_within(writer, loop, write_timeout, conn.total_at, conn.total_kind)

@@ -90,6 +90,21 @@ def _with(items: list | tuple, item) -> list:
     return [item]
 
 
+def send_now(writer: StreamWriter, chunk: bytes) -> bool:
+    """Write a body chunk through aiohttp's ``StreamWriter`` without its ``write`` coroutine (one
+    object fewer per SSE event): True when written; False when the answer needs what only
+    ``write`` does (headers not yet sent, compression, a Content-Length to clip to, hooks), and
+    the caller awaits ``writer.write``. The chunk framing stays aiohttp's."""
+    if (writer._headers_buf is not None or writer._compress is not None or writer.length is not None
+            or writer._on_chunk_sent is not None or writer.on_body_write is not None or not chunk):
+        return False
+    if writer.chunked:
+        writer._write_chunked_payload(chunk)
+    else:
+        writer._write(chunk)
+    return True
+
+
 def _peer(transport) -> str | None:
     peer = transport.get_extra_info("peername") if transport is not None else None
     return peer[0] if isinstance(peer, (list, tuple)) else peer

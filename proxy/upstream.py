@@ -34,7 +34,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     Contract: ``begin()`` arms timeouts and writes the head; ``write_body``/``drain`` send the body;
     ``await headers()`` returns ``(status, raw_headers)``; ``await next_chunk()`` yields body bytes
-    and ``None`` at the end. Any failure (reset, parse error, a timeout firing) is raised from the
+    and ``None`` at the end (or, without a coroutine per chunk: await ``wait_chunk()`` while it
+    gives a future, then ``take_chunk()``). Any failure (reset, parse error, a timeout firing) is raised from the
     next await as an :mod:`proxy.errors` exception that says what happened.
     """
 
@@ -323,17 +324,28 @@ class UpstreamConnection(asyncio.Protocol):
         return self.status, raw
 
     async def next_chunk(self) -> bytes | None:
+        while (w := self.wait_chunk()) is not None:
+            await w
+        return self.take_chunk()
+
+    def wait_chunk(self) -> asyncio.Future | None:
+        """None when :meth:`take_chunk` has something to give (bytes, the end or the failure);
+        else a future to await before asking again. A relay that awaits this future itself, not a
+        coroutine around it, makes one object fewer per event, alive all the while a quiet stream waits."""
+        if self.chunks or self.done:
+            self.waiter = None
+            return None
+        w = self.waiter = self.loop.create_future()
+        return w
+
+    def take_chunk(self) -> bytes | None:
+        """The body bytes queued now, as one chunk; None at the end; raises the exchange's failure.
+        Only after :meth:`wait_chunk` said there is something to take."""
         chunks = self.chunks
-        while not chunks:
-            if self.done:
-                if self.error is not None:
-                    raise self.error
-                return None
-            self.waiter = self.loop.create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
+        if not chunks:
+            if self.error is not None:
+                raise self.error
+            return None
         # everything queued goes out as one chunk (what has arrived, never more: at most _HIGH_WATER
         # plus one read), so the queue is a plain list and never shifted item by item
         chunk = chunks.pop() if len(chunks) == 1 else b"".join(chunks)

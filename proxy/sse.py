@@ -49,9 +49,19 @@ class SSEScanner:
 
     def feed(self, chunk: bytes) -> int:
         """Scan a chunk; returns the number of events it completed."""
+        n = len(chunk)
+        if chunk[-2:] == b"\n\n" and not (self._line_len or self._has_field or self._cr):
+            # the usual chunk: one whole event as LangGraph writes it, at an event boundary
+            # (an optional ``event:`` line, one ``data:`` line, the blank line): no line walk
+            d = chunk.find(b"\n") + 1 if chunk.startswith(b"event:") else 0
+            if chunk.find(b"\n", d) == n - 2 and chunk.startswith(b"data:", d) and b"\r" not in chunk:
+                return self._one_event(chunk, d, n)
+        return self._walk(chunk, n)
+
+    def _walk(self, chunk: bytes, n: int) -> int:
+        """``feed`` line by line: any chunk, split anywhere."""
         before = self.events
         pos = 0
-        n = len(chunk)
         if self._cr and n and chunk[0] == 10:  # the \n of a CRLF split across chunks
             pos = 1
         self._cr = False
@@ -91,6 +101,23 @@ class SSEScanner:
             else:
                 pos = nl + 1
         return self.events - before
+
+    def _one_event(self, chunk: bytes, d: int, n: int) -> int:
+        """``feed`` of a chunk that is exactly one event: its ``data:`` line at ``d``, preceded by
+        its ``event:`` line when ``d`` > 0. Counts and offers it to the sink as the line walk does."""
+        self.events += 1
+        if not d:
+            self.last_event = "message"
+            return 1
+        given = chunk[6:min(d - 1, _KEEP)].strip().decode("utf-8", "replace")  # as kept by the line walk
+        name = self.last_event = given or "message"
+        if name == "error":
+            self.error_seen = True
+        if self._sink is not None and given.startswith(self._prefixes):
+            limit = self._sink.wants(given)
+            if limit > 0:  # the data line and its newline within the bound, or the event is lost
+                self._sink.event(name, [(chunk, d, n - 2, True)] if n - 1 - d <= limit else None)
+        return 1
 
     def _keep(self, chunk: bytes, start: int, end: int, line_done: bool) -> None:
         """Note a piece of a wanted event's line (a reference, no copy), within the sink's bound."""

@@ -13,7 +13,7 @@ from proxy.forward import BufferBudget
 from proxy.outcome import IDEMPOTENT, culprit, ending, retryable, upstream_failed
 from proxy.policies.retry import RetryBudget
 from proxy.routes import LANGGRAPH_ROUTES, RouteTable
-from proxy.sse import SSEScanner
+from proxy.sse import SSEScanner, event_data
 
 
 def ex_(method="GET", status=200, headers_sent=False, error=None, run_outcome=None, sent_any=True):
@@ -97,6 +97,57 @@ def test_sse_scanner_byte_by_byte_and_mid_event():
     for i in range(len(STREAM) - 3):
         s.feed(STREAM[i:i + 1])
     assert s.events == 3 and s.mid_event and not s.error_seen
+
+
+class _Recorder:
+    """A scanner sink that keeps every call: which names it was asked about, what it was given."""
+    prefixes = ("messages", "values", "error", "")
+
+    def __init__(self, limit):
+        self.limit, self.calls = limit, []
+
+    def wants(self, name):
+        self.calls.append(("wants", name))
+        return self.limit
+
+    def event(self, name, parts):
+        self.calls.append(("event", name, None if parts is None else event_data(parts)))
+
+
+ONE_EVENT_CHUNKS = [
+    b'data: {"i": 1}\n\n',                                   # unnamed
+    b'event: messages\ndata: [{"content": "tok"}, {}]\n\n',  # LangGraph's shape
+    b'event: values\ndata: {"text": "event: values\\ndata: x"}\n\n',
+    b'event:\ndata: empty name\n\n',
+    b'event: ' + b'v' * 80 + b'\ndata: a name longer than the kept line start\n\n',
+    b'event: error\ndata: {"error": "boom"}\n\n',
+    b'event: values\ndata: ' + b'x' * 100 + b'\n\n',        # over the sink's bound
+    b'event: updates\ndata: {}\n\n',
+    b'event: values\ndata: {}\nid: 7\n\n',                   # two lines after the name: the walk
+    b': heartbeat\n\n',
+    b'event: values\r\ndata: {}\r\n\r\n',
+]
+
+
+@pytest.mark.parametrize("limit", [0, 64, 4096])
+def test_sse_scanner_whole_event_chunks_count_and_offer_as_the_line_walk_does(limit):
+    # each chunk is one event (the shortcut where it applies); the references walk its lines,
+    # the same chunk and byte by byte (split lines count a byte more per piece against the bound)
+    whole, walked, split = _Recorder(limit), _Recorder(limit), _Recorder(limit)
+    a, b, c = SSEScanner(whole), SSEScanner(walked), SSEScanner(split)
+    for chunk in ONE_EVENT_CHUNKS:
+        a.feed(chunk)
+        b._walk(chunk, len(chunk))
+        for i in range(len(chunk)):
+            c.feed(chunk[i:i + 1])
+        for ref in (b, c):
+            assert (a.events, a.last_event, a.error_seen, a.mid_event) == (ref.events, ref.last_event, ref.error_seen, ref.mid_event)
+    assert whole.calls == walked.calls
+    assert [x[:2] for x in whole.calls] == [x[:2] for x in split.calls]
+    assert a.events == 10 and a.error_seen and not a.mid_event
+    if limit == 64:
+        assert ("event", "values", None) in whole.calls  # the 100-byte data line went over the bound
+        assert ("wants", "v" * 57) in whole.calls        # the name as far as a line is kept (64 bytes)
 
 
 def test_sse_scanner_never_holds_a_huge_line():

@@ -95,7 +95,7 @@ def send_now(writer: StreamWriter, chunk: bytes) -> bool:
     object fewer per SSE event): True when written; False when the answer needs what only
     ``write`` does (headers not yet sent, compression, a Content-Length to clip to, hooks), and
     the caller awaits ``writer.write``. The chunk framing stays aiohttp's."""
-    if (writer._headers_buf is not None or writer._compress is not None or writer.length is not None
+    if (not writer._headers_written or writer._compress is not None or writer.length is not None
             or writer._on_chunk_sent is not None or writer.on_body_write is not None or not chunk):
         return False
     if writer.chunked:

@@ -981,6 +981,18 @@ def errors_of(runs):
     return ",".join(sorted(seen))[:20] or "none"
 
 
+def failures_of(runs):
+    """The commonest kind of failed stream over some runs ("4368 503 circuit_open"), for a cell."""
+    kinds = {}
+    for r in runs:
+        for k, n in (r.get("failures") or {}).items():
+            kinds[k] = kinds.get(k, 0) + n
+    if not kinds:
+        return "none"
+    k = max(kinds, key=kinds.get)
+    return ("%d %s" % (kinds[k], k.replace("status ", "")))[:22] + ("+" if len(kinds) > 1 else "")
+
+
 def streams_failed(r):
     """Streams of one run that failed; a run whose client reported nothing failed them all."""
     return (r.get("failed") or 0) if r.get("ok") is not None else (r.get("streams") or 0)
@@ -1189,6 +1201,7 @@ def build_report(raw, a):
                                             if llm[c] else "-" for c in cols])
         row("LLM events unparsed", [str(sum(r["llm"]["unparsed"] for r in llm[c])) if llm[c] else "-" for c in cols])
         row("first errors", [errors_of(rs[c]) if rs[c] else "-" for c in cols])
+        row("most failed streams (all reps)", [failures_of(rs[c]) if rs[c] else "-" for c in cols])
     wrk_rows("static", "capacity: GET /small, static nginx upstream on CPU1, wrk -c%d %ds" % (a.conns, a.duration))
     if R.get("static"):
         row("capacity req/s per core (CPU0>=85%)", [fmt(S["cap"].get(c)) for c in cols])

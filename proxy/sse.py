@@ -105,19 +105,27 @@ class SSEScanner:
     def _one_event(self, chunk: bytes, d: int, n: int) -> int:
         """``feed`` of a chunk that is exactly one event: its ``data:`` line at ``d``, preceded by
         its ``event:`` line when ``d`` > 0. Counts and offers it to the sink as the line walk does."""
-        self.events += 1
         if not d:
-            self.last_event = "message"
+            self._counted(None)
             return 1
-        given = chunk[6:min(d - 1, _KEEP)].strip().decode("utf-8", "replace")  # as kept by the line walk
+        given = _name(chunk[:min(d - 1, _KEEP)])  # the event line as far as the line walk keeps it
+        name = self._counted(given)
+        limit = self._wants(given)
+        if limit > 0:  # the data line and its newline within the bound, or the event is lost
+            self._sink.event(name, [(chunk, d, n - 2, True)] if n - 1 - d <= limit else None)
+        return 1
+
+    def _counted(self, given: str | None) -> str:
+        """One more event, named by its ``event:`` field ``given`` (None or empty: "message")."""
+        self.events += 1
         name = self.last_event = given or "message"
         if name == "error":
             self.error_seen = True
-        if self._sink is not None and given.startswith(self._prefixes):
-            limit = self._sink.wants(given)
-            if limit > 0:  # the data line and its newline within the bound, or the event is lost
-                self._sink.event(name, [(chunk, d, n - 2, True)] if n - 1 - d <= limit else None)
-        return 1
+        return name
+
+    def _wants(self, given: str) -> int:
+        """Bytes of the event named ``given`` the sink may keep (0: none, or no sink)."""
+        return self._sink.wants(given) if self._sink is not None and given.startswith(self._prefixes) else 0
 
     def _keep(self, chunk: bytes, start: int, end: int, line_done: bool) -> None:
         """Note a piece of a wanted event's line (a reference, no copy), within the sink's bound."""
@@ -133,11 +141,7 @@ class SSEScanner:
         self._line_len = 0
         if length == 0:
             if self._has_field:
-                self.events += 1
-                name = self._event_name or "message"
-                self.last_event = name
-                if name == "error":
-                    self.error_seen = True
+                name = self._counted(self._event_name)
                 if self._cap is not None:
                     cap = self._cap
                     self._cap = None
@@ -152,13 +156,17 @@ class SSEScanner:
             return  # a comment (heartbeat): keeps the connection alive, is not progress
         self._has_field = True
         if line.startswith(b"event:"):
-            self._event_name = line[6:].strip().decode("utf-8", "replace")
-            if (self._sink is not None and self._cap is None and self._cap_left >= 0
-                    and self._event_name.startswith(self._prefixes)):
-                limit = self._sink.wants(self._event_name)
+            self._event_name = _name(line)
+            if self._cap is None and self._cap_left >= 0:
+                limit = self._wants(self._event_name)
                 if limit > 0:
                     self._cap = []
                     self._cap_left = limit
+
+
+def _name(line: bytes) -> str:
+    """The event name of an ``event:`` line (its kept start)."""
+    return line[6:].strip().decode("utf-8", "replace")
 
 
 def find_in(parts: list, needle: bytes) -> bool:

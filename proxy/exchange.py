@@ -24,7 +24,7 @@ class Exchange:
                  "is_stream", "events", "first_event", "run_outcome", "content_location",
                  "probe", "attempts", "sent_any", "deadline", "client_ip", "body", "buffered",
                  "answer", "on_stream_start", "trace", "llm", "run_intent", "tail", "ends", "holds_stream",
-                 "trial")
+                 "trial", "answers_before")
 
     def __init__(self, request_id: str, method: str, path: str, start: float, probe: str | None = None):
         self.request_id = request_id
@@ -61,6 +61,7 @@ class Exchange:
         self.ends = None               # layers whose end() waits for that tail, innermost first
         self.holds_stream = False      # the limits layer counted this exchange as a stream
         self.trial = False             # the breaker's single half-open trial is this exchange's
+        self.answers_before = 0        # the breaker's answer count when it admitted this attempt
 
     def at_end(self, layer, request) -> None:
         """``layer.end(request, ex, None)`` now if the answer is complete, else when the stream's

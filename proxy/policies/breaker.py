@@ -1,8 +1,18 @@
-"""Circuit breaking with pybreaker, plus the one-trial-at-a-time half-open rule.
+"""Circuit breaking with pybreaker, plus the one-trial-at-a-time half-open rule and the rule that
+failures amid answers do not open it.
 
 pybreaker lets every caller through while half-open; under 50 concurrent callers that is 50
 trials against an upstream that just failed. The gate here admits exactly one trial; the others
 get 503 at once, as while open.
+
+pybreaker counts consecutive failures in the order they complete. Failures that began together
+complete together: a burst of new streams overflows the upstream's accept queue, the dropped
+connects time out in one wave 2 s later, and five of them in a row would open the breaker while
+the upstream answers every other stream. So a failure of an attempt that got no answer counts
+toward opening only if the upstream answered nothing while that attempt waited; else it stays an
+upstream failure everywhere else (metrics, the access log, retries), and ``/status`` counts it as
+``failures_amid_answers``. An upstream that stops answering still opens the breaker: every attempt
+that begins after its last answer counts.
 """
 from __future__ import annotations
 
@@ -54,6 +64,8 @@ class BreakerState:
             throw_new_error_on_trip=False)
         self.update(settings)
         self.trial_in_flight = False
+        self.answers = 0           # answers the upstream gave (clean answers, streams' first events)
+        self.amid_answers = 0      # failures not counted because answers came while they waited
         self.on_stream = self.stream_started  # bound once: set on every exchange it guards
         metrics.circuit_state.labels(name).set(0)
 
@@ -98,6 +110,7 @@ class BreakerState:
         """A stream's first event: the upstream is answering, a success now (a long stream
         would otherwise say so only when it ends, minutes later)."""
         ex.on_stream_start = None
+        self.answers += 1
         if cb_needs_success(self.cb):
             self.record(False)
 
@@ -108,6 +121,7 @@ class BreakerState:
         return {"state": self.state, "fail_counter": self.cb.fail_counter,
                 "retry_after_seconds": round(self.retry_after(), 3) if self.state == "open" else 0,
                 "trial_in_flight": self.trial_in_flight, "fail_max": self.settings.fail_max,
+                "failures_amid_answers": self.amid_answers,
                 "reset_timeout_seconds": self.settings.reset_timeout}
 
 
@@ -115,7 +129,8 @@ class Breaker:
     """Guards the upstream call with the route's breaker; :func:`proxy.outcome.upstream_failed`
     decides what counts as a failure (only what the upstream did: never a shed, an exhausted
     pool, a client that left or read too slowly). Streams count as a success at their first
-    event, and again as a failure if the upstream breaks them later."""
+    event, and again as a failure if the upstream breaks them later. A failure before any answer
+    counts only if no other answer came while it waited (see the module's docstring)."""
 
     def __init__(self, next_handler, breakers: dict[str, BreakerState], *, metrics, probe_may_trial: bool):
         self.next = next_handler
@@ -133,6 +148,7 @@ class Breaker:
                 raise E.BreakerOpen(br.name, br.retry_after())
             ex.trial = True
         ex.on_stream_start = br.on_stream
+        ex.answers_before = br.answers
         return until_end(self, request, ex)  # a stream is judged again when its relay ends
 
     def end(self, request, ex, exc) -> None:
@@ -148,10 +164,17 @@ class Breaker:
         started = ex.on_stream_start is None  # the stream's success was already recorded
         ex.on_stream_start = None
         if br.failed(ex, exc):
-            br.record(True)
-        elif not started and exc is None and ex.error is None and cb_needs_success(br.cb):
+            # a stream broken after its first event, the half-open trial, or nothing answered
+            # while this attempt waited: the upstream is failing, not busy with a burst
+            if started or ex.trial or br.answers == ex.answers_before:
+                br.record(True)
+            else:
+                br.amid_answers += 1
+        elif not started and exc is None and ex.error is None:
             # a clean answer; an exchange the client or the proxy ended says nothing of the upstream
-            br.record(False)
+            br.answers += 1
+            if cb_needs_success(br.cb):
+                br.record(False)
 
 
 def cb_needs_success(cb: pybreaker.CircuitBreaker) -> bool:

@@ -330,3 +330,68 @@ async def test_early_stream_resets_among_healthy_streams_do_not_open_the_breaker
                 r.close()
     samples = await scrape(p.admin)
     assert metric(samples, "sidecar_upstream_errors_total", kind="reset") == 6
+
+
+class SlowAcceptor:
+    """A real upstream that accepts one connection every ``every`` seconds from a listen queue of
+    two, and answers each at once: healthy, but a burst overflows its accept queue, so the kernel
+    drops the extra connects' SYNs, as a busy LangGraph server's full backlog does."""
+
+    def __init__(self, every: float):
+        self.every = every
+        self.answered = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.sock.setblocking(False)
+        self.url = "http://127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self):
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.every)
+            conn, _ = await loop.sock_accept(self.sock)
+            loop.create_task(self._answer(conn))
+
+    async def _answer(self, conn):
+        loop = asyncio.get_running_loop()
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = await loop.sock_recv(conn, 4096)
+                if not chunk:
+                    return
+                head += chunk
+            await loop.sock_sendall(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            self.answered += 1
+
+    def close(self):
+        self.task.cancel()
+        self.sock.close()
+
+
+async def test_connects_a_burst_overflows_time_out_without_opening_the_breaker(make_proxy):
+    """A burst against an upstream that accepts slowly: the connects its full accept queue drops
+    time out together, while it goes on answering the others. Each such timeout is an upstream
+    failure (counted, retried, a 502 if the retry times out too), but no 503 ``circuit_open``
+    follows: the breaker stays closed, so the next requests are served."""
+    up = SlowAcceptor(every=0.03)
+    try:
+        p = make_proxy(up.url, {"upstream": {"connect_timeout": "300ms"}, "timeouts": {"first_byte": "3s"},
+                                "circuit_breaker": {"fail_max": 3}})
+        got = await burst(p.url, 40, "/burst")
+        assert set(got) <= {(200, None), (502, "upstream_timeout")}, got
+        assert got[(200, None)] >= 5 and got[(502, "upstream_timeout")] >= 3, got
+        samples = await scrape(p.admin)
+        timeouts = metric(samples, "sidecar_timeouts_total", kind="connect")
+        assert timeouts >= 3 + got[(502, "upstream_timeout")], got  # a first timeout, then its retry's
+        assert metric(samples, "sidecar_shed_total", reason="breaker_open") == 0
+        st = await _status(p)
+        br = st["breakers"]["upstream"]
+        assert br["state"] == "closed" and br["failures_amid_answers"] == timeouts, br
+        assert up.answered == got[(200, None)]
+        got = await burst(p.url, 2, "/after")
+        assert got == {(200, None): 2}, got
+    finally:
+        up.close()

@@ -363,3 +363,33 @@ async def test_remaining_deadline_is_forwarded_when_configured(upstream, make_pr
         assert r.status == 200
     remaining = int(upstream.seen[-1]["headers"]["X-Request-Deadline-Ms"])
     assert 29_000 < remaining <= 30_000
+
+
+async def test_a_wave_of_failures_while_the_upstream_answers_others_does_not_open_the_breaker(upstream, make_proxy, session):
+    """Attempts that began together fail together (here first-byte timeouts; in a burst, the
+    connects that the upstream's full accept queue dropped). The upstream answered another request
+    while they waited, so the wave is not a dead upstream: each is still a 504 counted as an
+    upstream timeout, but the breaker stays closed. The same wave with nothing answered opens it."""
+    p = make_proxy(upstream.url, {"circuit_breaker": {"fail_max": 3}, "retries": {"attempts": 1},
+                                  "timeouts": {"first_byte": "700ms"}})
+    wave = [asyncio.create_task(session.get(p.url + "/hang")) for _ in range(5)]
+    await asyncio.sleep(0.2)
+    async with session.get(p.url + "/answered") as r:
+        assert r.status == 200
+    for t in wave:
+        async with await t as r:
+            assert r.status == 504 and (await r.json())["error"]["type"] == "upstream_timeout"
+    br = (await (await session.get(p.admin + "/status")).json())["breakers"]["upstream"]
+    assert br["state"] == "closed" and br["fail_counter"] == 0 and br["failures_amid_answers"] == 5, br
+    s = await scrape(p.admin)
+    assert metric(s, "sidecar_timeouts_total", kind="first_byte") == 5
+    await ok_after(session, p)
+
+    # nothing answered while this wave waited: a failing upstream, and the breaker opens
+    wave = [asyncio.create_task(session.get(p.url + "/hang")) for _ in range(3)]
+    for t in wave:
+        (await t).release()
+    async with session.get(p.url + "/x") as r:
+        assert r.status == 503 and (await r.json())["error"]["type"] == "circuit_open"
+    br = (await (await session.get(p.admin + "/status")).json())["breakers"]["upstream"]
+    assert br["state"] == "open" and br["failures_amid_answers"] == 5, br

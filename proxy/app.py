@@ -148,11 +148,11 @@ class Runtime:
         m.upstream_connections.labels("waiting").set_function(lambda: len(self.pool._waiters))
         m.response_buffer_bytes.set_function(lambda: self.buffers.used)
 
-    @staticmethod
-    def _make_pool(cfg: C.Config) -> UpstreamPool:
+    def _make_pool(self, cfg: C.Config) -> UpstreamPool:
         up = cfg.upstream
         pool = UpstreamPool(up.url, connect_timeout=up.connect_timeout, max_connections=C.pool_size(cfg),
                             keepalive_timeout=up.keepalive_timeout, pool_timeout=up.pool_timeout)
+        pool.on_connect_wait = self.metrics.upstream_connect_waits.inc
         pool.start()
         return pool
 

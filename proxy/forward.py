@@ -207,15 +207,21 @@ class Forwarder:
         if body:
             head += body
 
-        total = t.request
+        # a connect may wait past connect_timeout while the upstream accepts or answers others
+        # (a burst filled its accept queue), as long as the first byte could still come in time
+        patience = t.first_byte
         if ex.deadline is not None:
-            total = max(0.001, ex.deadline - self.loop.time())
+            left = ex.deadline - self.loop.time()
+            patience = left if patience is None else min(patience, left)
         try:
-            conn = await self.pool.acquire()
+            conn = await self.pool.acquire(patience or 0.0)
         except E.PoolExhausted:
             if self.metrics is not None:
                 self.metrics.shed.labels("pool_exhausted").inc()
             raise
+        total = t.request
+        if ex.deadline is not None:
+            total = max(0.001, ex.deadline - self.loop.time())  # what the wait for a connection left
         pump = None
         while True:
             ex.upstream_start = monotonic()

@@ -57,6 +57,7 @@ TABLE = (
     ("timeouts_total", Counter, "Timeouts that fired, by kind.", ("route", "kind"), {}),
     ("upstream_errors_total", Counter, "Upstream failures other than timeouts, by kind.", ("route", "kind"), {}),
     ("shed_total", Counter, "Requests refused by a limit or an open breaker, by reason.", ("reason",), {}),
+    ("upstream_connect_waits_total", Counter, "Upstream connects made again after upstream.connect_timeout because the upstream accepted or answered others meanwhile (its accept queue was full), instead of failing.", (), {}),
     ("retries_total", Counter, "Upstream attempts repeated after a safe-to-retry failure.", ("route",), {}),
     ("circuit_state", Gauge, "Circuit breaker state: 0 closed, 1 half-open, 2 open.", ("breaker",), {}),
     ("circuit_transitions_total", Counter, "Circuit breaker state changes, by new state.", ("breaker", "to"), {}),

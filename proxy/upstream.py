@@ -172,6 +172,7 @@ class UpstreamConnection(asyncio.Protocol):
             # 000, 099, 102, 6xx...: nothing a client could be handed as an answer
             return self._fail(UpstreamProtocolError(f"upstream answered with invalid status code {status:03d}"))
         self.status = status
+        self.pool.progress += 1
         self.keep_alive = p.should_keep_alive()
         self.upgrade = p.should_upgrade()
         self.first_byte_at = None
@@ -377,6 +378,12 @@ class UpstreamPool:
     ``pool_timeout`` in all, then get :class:`~proxy.errors.PoolExhausted` (the proxy's own
     capacity: a 503 shed, never an upstream failure). ``release()`` keeps a connection only if its
     exchange ended cleanly. ``busy`` holds the connections lent out now.
+
+    ``connect_timeout`` is how long a connect may wait with no sign of life from the upstream. A
+    connect that outlasts it while the upstream completed other connects or sent other answers
+    (``progress``) met a full accept queue, not a dead upstream: the kernel dropped its SYN and
+    would resend it only after 1, 3, 7 s. It is made again at once, within the caller's
+    ``patience`` (the first-byte timeout), and counted by ``on_connect_wait``.
     """
 
     def __init__(self, url: str, *, connect_timeout: float, max_connections: int, keepalive_timeout: float,
@@ -401,6 +408,8 @@ class UpstreamPool:
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
         self._sweeper = None
         self._closed = False
+        self.progress = 0          # connects completed + answer heads received: the upstream is alive
+        self.on_connect_wait = None  # called for each connect made again after a full accept queue
         # the connections' deadlines: (when, seq, connection) entries in a heap, one loop timer
         # for the earliest (a uvloop timer costs ~0.5 KiB; an entry 64 bytes). A connection's live
         # entry is its ``_timer``; others are stale, dropped as they come up or all at once when
@@ -453,12 +462,12 @@ class UpstreamPool:
             self._discard(c)
         return None
 
-    async def acquire(self) -> UpstreamConnection:
+    async def acquire(self, patience: float = 0.0) -> UpstreamConnection:
         c = self._take_idle() if self.idle else None
         if c is not None:
             return c
         if self.open_count < self.max_connections:
-            return await self.connect()
+            return await self.connect(patience)
         # full: wait for a release, within one deadline however often another caller wins the slot
         deadline = self.loop.time() + self.pool_timeout
         while True:
@@ -485,15 +494,30 @@ class UpstreamPool:
             if c is not None:
                 return c
             if self.open_count < self.max_connections:
-                return await self.connect()
+                return await self.connect(patience)
 
-    async def connect(self) -> UpstreamConnection:
-        """A fresh connection (counted against max_connections), lent out as busy."""
+    async def connect(self, patience: float = 0.0) -> UpstreamConnection:
+        """A fresh connection (counted against max_connections), lent out as busy. Each try gets
+        ``connect_timeout``; another follows while the upstream shows progress, until ``patience``
+        seconds from now have passed (see the class docstring)."""
         self.open_count += 1
+        loop = self.loop
+        give_up = loop.time() + patience
+        window = self.connect_timeout
         try:
-            async with asyncio.timeout(self.connect_timeout):
-                _, conn = await self.loop.create_connection(
-                    lambda: UpstreamConnection(self), self.host, self.port, ssl=self.ssl)
+            while True:
+                seen = self.progress
+                try:
+                    async with asyncio.timeout(window):
+                        _, conn = await loop.create_connection(
+                            lambda: UpstreamConnection(self), self.host, self.port, ssl=self.ssl)
+                    break
+                except TimeoutError:
+                    window = min(self.connect_timeout, give_up - loop.time())
+                    if self.progress == seen or window < 0.01:
+                        raise
+                    if self.on_connect_wait is not None:
+                        self.on_connect_wait()
         except TimeoutError:
             self.open_count -= 1
             self._wake_one()
@@ -506,6 +530,7 @@ class UpstreamPool:
             self.open_count -= 1
             self._wake_one()
             raise
+        self.progress += 1
         sock = conn.transport.get_extra_info("socket")
         if sock is not None:
             try:

@@ -333,18 +333,26 @@ async def test_early_stream_resets_among_healthy_streams_do_not_open_the_breaker
 
 
 class SlowAcceptor:
-    """A real upstream that accepts one connection every ``every`` seconds from a listen queue of
-    two, and answers each at once: healthy, but a burst overflows its accept queue, so the kernel
-    drops the extra connects' SYNs, as a busy LangGraph server's full backlog does."""
+    """A real upstream that accepts one connection every ``every`` seconds (never, if None) from a
+    listen queue of ``backlog + 1``, and answers each at once: healthy but slow to accept, so a
+    burst overflows its accept queue and the kernel drops the extra connects' SYNs (resent after
+    1 s, 3 s...), as a busy LangGraph server's full backlog does."""
 
-    def __init__(self, every: float):
+    def __init__(self, every: float | None, backlog: int):
         self.every = every
         self.answered = 0
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(1)
+        self.sock.listen(backlog)
         self.sock.setblocking(False)
-        self.url = "http://127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.addr = self.sock.getsockname()
+        self.url = "http://127.0.0.1:%d" % self.addr[1]
+        self.task = None
+        if every:
+            self.resume(every)
+
+    def resume(self, every: float) -> None:
+        self.every = every
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self):
@@ -367,31 +375,62 @@ class SlowAcceptor:
             self.answered += 1
 
     def close(self):
-        self.task.cancel()
+        if self.task is not None:
+            self.task.cancel()
         self.sock.close()
 
 
-async def test_connects_a_burst_overflows_time_out_without_opening_the_breaker(make_proxy):
-    """A burst against an upstream that accepts slowly: the connects its full accept queue drops
-    time out together, while it goes on answering the others. Each such timeout is an upstream
-    failure (counted, retried, a 502 if the retry times out too), but no 503 ``circuit_open``
-    follows: the breaker stays closed, so the next requests are served."""
-    up = SlowAcceptor(every=0.03)
+async def test_a_connect_the_full_accept_queue_dropped_is_made_again_while_the_upstream_answers(make_proxy):
+    """Five requests fill a busy upstream's accept queue; the kernel drops the next connect's SYN
+    and would resend it only after 1 s, past ``connect_timeout``. The upstream starts answering
+    the five meanwhile, so the connect is made again instead of failing, and every request is
+    served: no timeout, no retry, no breaker failure. (The next test is the other side.)"""
+    up = SlowAcceptor(every=None, backlog=4)  # accepts nothing yet: 5 connections fill its queue
     try:
-        p = make_proxy(up.url, {"upstream": {"connect_timeout": "300ms"}, "timeouts": {"first_byte": "3s"},
-                                "circuit_breaker": {"fail_max": 3}})
-        got = await burst(p.url, 40, "/burst")
-        assert set(got) <= {(200, None), (502, "upstream_timeout")}, got
-        assert got[(200, None)] >= 5 and got[(502, "upstream_timeout")] >= 3, got
+        p = make_proxy(up.url, {"upstream": {"connect_timeout": "800ms"}, "timeouts": {"first_byte": "20s"},
+                                "circuit_breaker": {"fail_max": 1}})
+        conn = aiohttp.TCPConnector(limit=0, force_close=True)
+        async with aiohttp.ClientSession(connector=conn) as s:
+            queued = [asyncio.create_task(s.get(p.url + "/queued")) for _ in range(5)]
+            t0 = time.monotonic()
+            while (await _status(p))["upstream_pool"]["busy"] < 5:
+                assert time.monotonic() - t0 < 5
+                await asyncio.sleep(0.02)
+            late = asyncio.create_task(s.get(p.url + "/late"))
+            await asyncio.sleep(0.1)
+            up.resume(every=0.3)  # it answers one every 0.3 s: progress within the late connect's 0.8 s
+            for r in await asyncio.gather(late, *queued):
+                assert r.status == 200, await r.text()
+                r.release()
+        assert up.answered == 6
         samples = await scrape(p.admin)
-        timeouts = metric(samples, "sidecar_timeouts_total", kind="connect")
-        assert timeouts >= 3 + got[(502, "upstream_timeout")], got  # a first timeout, then its retry's
-        assert metric(samples, "sidecar_shed_total", reason="breaker_open") == 0
-        st = await _status(p)
-        br = st["breakers"]["upstream"]
-        assert br["state"] == "closed" and br["failures_amid_answers"] == timeouts, br
-        assert up.answered == got[(200, None)]
-        got = await burst(p.url, 2, "/after")
-        assert got == {(200, None): 2}, got
+        assert metric(samples, "sidecar_upstream_connect_waits_total") == 1
+        assert metric(samples, "sidecar_timeouts_total") == 0
+        assert metric(samples, "sidecar_retries_total") == 0
+        br = (await _status(p))["breakers"]["upstream"]
+        assert br["state"] == "closed" and br["fail_counter"] == 0, br
     finally:
+        up.close()
+
+
+async def test_an_upstream_that_accepts_nothing_fails_connects_after_connect_timeout(make_proxy):
+    """The other side of the rule above: a hung upstream whose accept queue is full shows no
+    progress, so each connect fails after ``connect_timeout`` (not the first-byte timeout), and
+    the breaker opens."""
+    up = SlowAcceptor(every=None, backlog=1)
+    fill = [socket.create_connection(up.addr) for _ in range(2)]  # its queue is full
+    try:
+        p = make_proxy(up.url, {"upstream": {"connect_timeout": "1s"}, "timeouts": {"first_byte": "30s"},
+                                "circuit_breaker": {"fail_max": 3}})
+        t0 = time.monotonic()
+        got = await burst(p.url, 4, "/hung")
+        assert time.monotonic() - t0 < 5
+        assert set(got) <= {(502, "upstream_timeout"), (503, "circuit_open")}, got
+        samples = await scrape(p.admin)
+        assert metric(samples, "sidecar_timeouts_total", kind="connect") >= 3
+        assert metric(samples, "sidecar_upstream_connect_waits_total") == 0
+        assert (await _status(p))["breakers"]["upstream"]["state"] == "open"
+    finally:
+        for s in fill:
+            s.close()
         up.close()

@@ -12,8 +12,8 @@ out of time to be made again: see ``proxy.upstream.UpstreamPool``); five in a ro
 the breaker while the upstream answers every other stream. So a failure of an attempt that got
 no answer counts toward opening only if the upstream answered nothing while that attempt waited;
 else it stays an upstream failure everywhere else (metrics, the access log, retries), and
-``/status`` counts it as ``failures_amid_answers``. An upstream that stops answering still opens the breaker: every attempt
-that begins after its last answer counts.
+``/status`` counts it as ``failures_amid_answers``. An upstream that stops answering still opens
+the breaker: every attempt that begins after its last answer counts.
 """
 from __future__ import annotations
 

@@ -333,13 +333,12 @@ async def test_early_stream_resets_among_healthy_streams_do_not_open_the_breaker
 
 
 class SlowAcceptor:
-    """A real upstream that accepts one connection every ``every`` seconds (never, if None) from a
-    listen queue of ``backlog + 1``, and answers each at once: healthy but slow to accept, so a
-    burst overflows its accept queue and the kernel drops the extra connects' SYNs (resent after
-    1 s, 3 s...), as a busy LangGraph server's full backlog does."""
+    """A real upstream with a listen queue of ``backlog + 1`` that accepts nothing until
+    :meth:`resume`, then one connection every ``every`` seconds, and answers each at once: so its
+    accept queue fills and the kernel drops further connects' SYNs (resent after 1 s, 3 s...), as
+    a busy LangGraph server's full backlog does."""
 
-    def __init__(self, every: float | None, backlog: int):
-        self.every = every
+    def __init__(self, backlog: int):
         self.answered = 0
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
@@ -348,17 +347,14 @@ class SlowAcceptor:
         self.addr = self.sock.getsockname()
         self.url = "http://127.0.0.1:%d" % self.addr[1]
         self.task = None
-        if every:
-            self.resume(every)
 
     def resume(self, every: float) -> None:
-        self.every = every
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        self.task = asyncio.get_running_loop().create_task(self._run(every))
 
-    async def _run(self):
+    async def _run(self, every: float):
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self.every)
+            await asyncio.sleep(every)
             conn, _ = await loop.sock_accept(self.sock)
             loop.create_task(self._answer(conn))
 
@@ -385,7 +381,7 @@ async def test_a_connect_the_full_accept_queue_dropped_is_made_again_while_the_u
     and would resend it only after 1 s, past ``connect_timeout``. The upstream starts answering
     the five meanwhile, so the connect is made again instead of failing, and every request is
     served: no timeout, no retry, no breaker failure. (The next test is the other side.)"""
-    up = SlowAcceptor(every=None, backlog=4)  # accepts nothing yet: 5 connections fill its queue
+    up = SlowAcceptor(backlog=4)  # accepts nothing yet: 5 connections fill its queue
     try:
         p = make_proxy(up.url, {"upstream": {"connect_timeout": "800ms"}, "timeouts": {"first_byte": "20s"},
                                 "circuit_breaker": {"fail_max": 1}})
@@ -417,7 +413,7 @@ async def test_an_upstream_that_accepts_nothing_fails_connects_after_connect_tim
     """The other side of the rule above: a hung upstream whose accept queue is full shows no
     progress, so each connect fails after ``connect_timeout`` (not the first-byte timeout), and
     the breaker opens."""
-    up = SlowAcceptor(every=None, backlog=1)
+    up = SlowAcceptor(backlog=1)
     fill = [socket.create_connection(up.addr) for _ in range(2)]  # its queue is full
     try:
         p = make_proxy(up.url, {"upstream": {"connect_timeout": "1s"}, "timeouts": {"first_byte": "30s"},

@@ -52,9 +52,11 @@ def admin_app(rt: "Runtime", on_drain=None) -> web.Application:
 
     async def metrics(request):
         encoder, content_type = exposition.choose_encoder(request.headers.get("Accept", ""))
+        rt.records.flush()  # the exchanges that ended before this scrape are all counted in it
         return web.Response(body=encoder(rt.registry), headers={"Content-Type": content_type})
 
     async def status(request):
+        rt.records.flush()
         data = rt.status()
         data["time"] = time.time()
         return _json(data)

@@ -27,7 +27,7 @@ from .policies.retry import Retry, RetryBudget
 from .probes import PendingProbe, ProbeRunner
 from .routes import RouteTable
 from .tracing import SpanExporter
-from .telemetry import AccessLog, Telemetry
+from .telemetry import AccessLog, RecordQueue, Telemetry
 from .upstream import UpstreamPool
 from .websocket import WebSocketRelay
 
@@ -64,7 +64,8 @@ class Pipeline:
             # inside errors, so it counts the status the client gets, sheds and timeouts included
             ("telemetry", Telemetry, {"metrics": m, "access_log": rt.access_log if cfg.logging.access_log else None,
                                       "exemplars": cfg.metrics.exemplars, "on_success": rt.note_success,
-                                      "on_probe": rt.probe_finished, "exporter": rt.exporter}),
+                                      "on_probe": rt.probe_finished, "exporter": rt.exporter,
+                                      "records": rt.records}),
             # inside telemetry, so refused targets are counted; before anything is spent on them
             ("target_check", TargetCheck, {}),
             # outside the limits: a whole answer is written to a slow reader after its slot and
@@ -118,6 +119,7 @@ class Runtime:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self.metrics = Metrics(self.registry, cfg.metrics.prefix, __version__)
         self.access_log = AccessLog(cfg.logging.format)
+        self.records = RecordQueue(self.loop)  # ended exchanges' bookkeeping, a batch per loop turn
         self.pool = self._make_pool(cfg)
         self.canceller = RunCanceller(self.pool, self.metrics)
         self.websocket = WebSocketRelay(cfg.upstream.url, self.metrics, cfg.upstream.connect_timeout, self.pool.ssl)

@@ -153,6 +153,7 @@ class Lifecycle:
         await runner.cleanup()
         await rt.pool.close()
         await rt.websocket.close()
+        rt.records.flush()
         rt.access_log.flush()
         log.info("stopped")
 

@@ -82,6 +82,37 @@ async def test_every_outcome_counted_exactly(upstream, make_proxy, session):
     assert any(name.startswith("python_gc") for name, _ in s)
 
 
+async def test_streams_that_end_together_are_all_counted_and_logged_by_the_next_scrape(upstream, make_proxy, session):
+    """A stream's end is recorded a batch per loop turn (proxy.telemetry.RecordQueue); a scrape
+    right after the last byte still sees every one, and each log line keeps its own duration."""
+    p = make_proxy(upstream.url, {"routes": [{"name": "runs", "path": "/sse", "run_kind": "stream"}]})
+    n = 60
+
+    async def one():
+        async with session.get(p.url + "/sse?events=3&interval=0.2") as r:
+            assert r.status == 200
+            return await r.read()
+
+    bodies = await asyncio.gather(*(one() for _ in range(n)))
+    s = await scrape(p.admin)                     # at once: no sleep between the last byte and this
+    m = lambda name, **kw: metric(s, name, **kw)  # noqa: E731
+    assert all(b.count(b"event: ") == 4 for b in bodies)  # metadata + 3
+    assert m("sidecar_requests_total", route="runs", method="GET", code="200") == n
+    assert m("sidecar_streams_total", route="runs", outcome="completed") == n
+    assert m("sidecar_stream_events_total", route="runs") == 4 * n
+    assert m("sidecar_stream_duration_seconds_count", route="runs") == n
+    assert m("sidecar_runs_total", route="runs", outcome="success") == n
+    assert m("sidecar_in_flight_requests") == 0
+    for _ in range(40):                           # the access log is flushed every second
+        lines = [ln for ln in p.access_lines() if ln.get("route") == "runs"]
+        if len(lines) == n:
+            break
+        await asyncio.sleep(0.1)
+    assert len(lines) == n
+    # each line's duration is the stream's own (~0.6 s), not stretched by the wait to be written
+    assert all(0.55 <= ln["duration"] < 1.5 and ln["outcome"] == "ok" and ln["events"] == 4 for ln in lines)
+
+
 async def test_upstream_error_kinds(upstream, make_proxy, session):
     dead = make_proxy(f"http://127.0.0.1:{free_port()}", {"retries": {"attempts": 1}})
     (await session.get(dead.url + "/x")).release()

@@ -246,3 +246,41 @@ async def test_pool_deadlines_fire_once_in_order_and_the_heap_stays_bounded():
     # the loop timer now waits for the next live deadline (60 s away), not for a stale one
     assert pool._deadline_at - t0 > 50
     await pool.close()
+
+
+# ---------------------------------------------------------------- ended exchanges' bookkeeping
+async def test_the_record_queue_records_a_batch_per_loop_turn_and_everything_on_flush(caplog):
+    from proxy.telemetry import RecordQueue
+    q = RecordQueue(asyncio.get_running_loop())
+    done = []
+
+    def bad():
+        raise RuntimeError("a bug in one record")
+
+    for i in range(40):
+        q.add(done.append, i)
+    q.add(bad)
+    q.add(done.append, 40)
+    assert done == [] and len(q) == 42          # nothing in the callback that ended them
+    await asyncio.sleep(0)
+    assert done == list(range(RecordQueue.BATCH))  # one batch per loop turn, in order
+    q.flush()                                    # a reader (/metrics, /status, shutdown) is about to look
+    assert done == list(range(41)) and len(q) == 0  # the failing record did not stop the ones after it
+    assert "recording the end of an exchange failed" in caplog.text
+    await asyncio.sleep(0)                       # the scheduled turn finds nothing left: no error
+    q.add(done.append, 41)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert done[-1] == 41 and len(q) == 0
+
+
+async def test_the_record_queue_is_bounded_past_it_records_at_once():
+    from proxy.telemetry import RecordQueue
+    q = RecordQueue(asyncio.get_running_loop())
+    q.LIMIT = 3
+    done = []
+    for i in range(5):
+        q.add(done.append, i)
+    assert len(q) == 3 and done == [3, 4]       # the 4th and 5th found the queue full
+    q.flush()
+    assert sorted(done) == [0, 1, 2, 3, 4]

@@ -120,6 +120,8 @@ class Metrics:
             self.config_reloads.labels(result)
         self._req: dict = {}
         self._route: dict = {}
+        self._stream: dict = {}
+        self._ended: dict = {}
         self._limits: set[str] = set()
 
     def configure(self, cfg, table, breakers, probes) -> None:
@@ -182,6 +184,28 @@ class Metrics:
                 self.request_bytes.labels(route),
                 self.response_bytes.labels(route),
             )
+        return ch
+
+    def stream_done(self, route: str, outcome: str, duration: float, events: int, first_event: float | None) -> None:
+        """A stream ended (``outcome``: a STREAM_OUTCOMES value): its count, duration, events, time
+        to first event. The children are cached (bounded: routes × outcomes; series are never removed)."""
+        ch = self._stream.get(route)
+        if ch is None:
+            ch = self._stream[route] = (self.stream_duration_seconds.labels(route), self.stream_events.labels(route),
+                                        self.stream_time_to_first_event_seconds.labels(route))
+        self.ended("streams", route, outcome).inc()
+        ch[0].observe(duration)
+        if events:
+            ch[1].inc(events)
+        if first_event is not None:
+            ch[2].observe(first_event)
+
+    def ended(self, family: str, route: str, outcome: str):
+        """The child of ``streams`` or ``runs`` for (route, outcome), cached as :meth:`stream_done`'s."""
+        key = (family, route, outcome)
+        ch = self._ended.get(key)
+        if ch is None:
+            ch = self._ended[key] = getattr(self, family).labels(route, outcome)
         return ch
 
     def request_done(self, route: str, method: str, code: int, duration: float, exemplar=None) -> None:

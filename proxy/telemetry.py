@@ -201,19 +201,14 @@ class Telemetry:
                 s_out = _STREAM_OUTCOME.get(err.kind, "upstream_error")
             else:
                 s_out = "upstream_error" if who == "upstream" else outcome
-            m.streams.labels(route, s_out).inc()
-            m.stream_duration_seconds.labels(route).observe(duration)
-            if ex.events:
-                m.stream_events.labels(route).inc(ex.events)
-            if ex.first_event is not None:
-                m.stream_time_to_first_event_seconds.labels(route).observe(ex.first_event)
+            m.stream_done(route, s_out, duration, ex.events, ex.first_event)
         if ex.route.run_kind is not None and ex.headers_sent and 200 <= status < 300:
             run = ex.run_outcome
             if run is None:
                 run = "client_disconnect" if who == "client" else (
                     "upstream_error" if who == "upstream" else "success" if who is None else outcome)
                 ex.run_outcome = run
-            m.runs.labels(route, run).inc()
+            m.ended("runs", route, run).inc()
         if self.access_log is not None:
             self.access_log.write(ex, status, duration, outcome, who, ex.probe, llm, at)
         if self.exporter is not None and ex.trace is not None:

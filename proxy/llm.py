@@ -159,6 +159,7 @@ class LLMTelemetry:
         self._labels: dict[str, str] = {}
         self._free = 0                               # labels issued without an allow-list
         self._budget_used = 0
+        self._tokens: dict = {}                      # (type, label, route) → llm_tokens child
         self.configure(cfg)
 
     def configure(self, cfg: LLMConfig) -> None:
@@ -225,7 +226,7 @@ class LLMTelemetry:
         self._remember(key, tuple(max(t, p) for t, p in zip(total, prev)))
         for typ, d in zip(TOKEN_TYPES, delta):
             if d:
-                m.llm_tokens.labels(typ, label, route).inc(d)
+                self._token_child(typ, label, route).inc(d)
         price = self._prices.get(model) if model else None
         if price is None:
             return 0.0
@@ -233,6 +234,15 @@ class LLMTelemetry:
         if cost > 0:
             m.llm_cost.labels(label, route).inc(cost)
         return cost
+
+    def _token_child(self, typ: str, label: str, route: str):
+        """The ``llm_tokens`` child, cached: a stream adds tokens at every event. Bounded as the
+        series are (token types × model labels × routes); series are never removed."""
+        key = (typ, label, route)
+        ch = self._tokens.get(key)
+        if ch is None:
+            ch = self._tokens[key] = self.m.llm_tokens.labels(typ, label, route)
+        return ch
 
     def _remember(self, key, total: tuple) -> None:
         self._counted[key] = total

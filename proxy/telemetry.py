@@ -90,10 +90,11 @@ class RecordQueue:
     behind it (docs/benchmarks.md, "Stream ends"). Here each iteration records at most
     ``BATCH``, so an event waits behind at most that much bookkeeping.
 
-    Nothing is lost or reordered in what readers see: every reader of the records (``/metrics``,
-    ``/status``, the shutdown) calls :meth:`flush` first, and each record carries the duration
-    and the time taken when its exchange ended, not when it is written. Bound: at most ``LIMIT``
-    records wait (each holds one ended exchange); past that an end is recorded at once.
+    Nothing is lost from what readers see: every reader of the records (``/metrics``, ``/status``,
+    ``/readyz``, the shutdown) calls :meth:`flush` first, and each record carries the duration and
+    the time taken when its exchange ended, not when it is written. Bound: at most ``LIMIT``
+    records wait (each holds one ended exchange); past that an end is recorded at once (its log
+    line then comes before those of the ends still waiting, with its own time).
     """
 
     BATCH = 16

@@ -284,3 +284,19 @@ async def test_the_record_queue_is_bounded_past_it_records_at_once():
     assert len(q) == 3 and done == [3, 4]       # the 4th and 5th found the queue full
     q.flush()
     assert sorted(done) == [0, 1, 2, 3, 4]
+
+
+async def test_the_record_queue_drains_a_backlog_by_an_eighth_per_turn():
+    from proxy.telemetry import RecordQueue
+    q = RecordQueue(asyncio.get_running_loop())
+    done = []
+    for i in range(800):
+        q.add(done.append, i)
+    await asyncio.sleep(0)
+    assert len(done) == 100 and len(q) == 700   # a load faster than BATCH a turn does not pile up
+    await asyncio.sleep(0)
+    assert len(done) == 100 + 87
+    for _ in range(60):
+        await asyncio.sleep(0)
+    assert done == list(range(800)) and len(q) == 0
+

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 
-from .metrics import TABLE as METRICS_TABLE, declare
+from .metrics import TABLE as METRICS_TABLE, Children, declare
 from .sse import event_data, find_in, rfind_in
 
 try:  # faster when present (it comes with langgraph); the stdlib parser otherwise
@@ -159,7 +159,7 @@ class LLMTelemetry:
         self._labels: dict[str, str] = {}
         self._free = 0                               # labels issued without an allow-list
         self._budget_used = 0
-        self._tokens: dict = {}                      # (type, label, route) → llm_tokens child
+        self._child = Children()                     # llm_tokens, added to at every event of a stream
         self.configure(cfg)
 
     def configure(self, cfg: LLMConfig) -> None:
@@ -226,7 +226,7 @@ class LLMTelemetry:
         self._remember(key, tuple(max(t, p) for t, p in zip(total, prev)))
         for typ, d in zip(TOKEN_TYPES, delta):
             if d:
-                self._token_child(typ, label, route).inc(d)
+                self._child(m.llm_tokens, typ, label, route).inc(d)
         price = self._prices.get(model) if model else None
         if price is None:
             return 0.0
@@ -234,15 +234,6 @@ class LLMTelemetry:
         if cost > 0:
             m.llm_cost.labels(label, route).inc(cost)
         return cost
-
-    def _token_child(self, typ: str, label: str, route: str):
-        """The ``llm_tokens`` child, cached: a stream adds tokens at every event. Bounded as the
-        series are (token types × model labels × routes); series are never removed."""
-        key = (typ, label, route)
-        ch = self._tokens.get(key)
-        if ch is None:
-            ch = self._tokens[key] = self.m.llm_tokens.labels(typ, label, route)
-        return ch
 
     def _remember(self, key, total: tuple) -> None:
         self._counted[key] = total

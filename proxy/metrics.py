@@ -98,6 +98,19 @@ def declare(target, entries, registry: CollectorRegistry, prefix: str) -> None:
                 kind(name, doc, labels, registry=registry, **kw))
 
 
+class Children(dict):
+    """``children(metric, *labels)`` is ``metric.labels(*labels)``, cached: for series written at
+    every stream end or event. Bounded as those series are (their labels come from bounded sets);
+    series are never removed, so a cached child is never stale."""
+
+    def __call__(self, metric, *labels):
+        key = (metric, labels)
+        ch = self.get(key)
+        if ch is None:
+            ch = self[key] = metric.labels(*labels)
+        return ch
+
+
 class Metrics:
     """All sidecar metrics on one registry; attributes are named by the table's suffixes.
 
@@ -120,8 +133,7 @@ class Metrics:
             self.config_reloads.labels(result)
         self._req: dict = {}
         self._route: dict = {}
-        self._stream: dict = {}
-        self._ended: dict = {}
+        self.child = Children()  # the series written at every stream end and run end
         self._limits: set[str] = set()
 
     def configure(self, cfg, table, breakers, probes) -> None:
@@ -188,25 +200,14 @@ class Metrics:
 
     def stream_done(self, route: str, outcome: str, duration: float, events: int, first_event: float | None) -> None:
         """A stream ended (``outcome``: a STREAM_OUTCOMES value): its count, duration, events, time
-        to first event. The children are cached (bounded: routes × outcomes; series are never removed)."""
-        ch = self._stream.get(route)
-        if ch is None:
-            ch = self._stream[route] = (self.stream_duration_seconds.labels(route), self.stream_events.labels(route),
-                                        self.stream_time_to_first_event_seconds.labels(route))
-        self.ended("streams", route, outcome).inc()
-        ch[0].observe(duration)
+        to first event."""
+        child = self.child
+        child(self.streams, route, outcome).inc()
+        child(self.stream_duration_seconds, route).observe(duration)
         if events:
-            ch[1].inc(events)
+            child(self.stream_events, route).inc(events)
         if first_event is not None:
-            ch[2].observe(first_event)
-
-    def ended(self, family: str, route: str, outcome: str):
-        """The child of ``streams`` or ``runs`` for (route, outcome), cached as :meth:`stream_done`'s."""
-        key = (family, route, outcome)
-        ch = self._ended.get(key)
-        if ch is None:
-            ch = self._ended[key] = getattr(self, family).labels(route, outcome)
-        return ch
+            child(self.stream_time_to_first_event_seconds, route).observe(first_event)
 
     def request_done(self, route: str, method: str, code: int, duration: float, exemplar=None) -> None:
         if method not in _LABELLED_METHODS:

@@ -93,7 +93,7 @@ class RecordQueue:
     iterations' worth instead of growing to its bound.
 
     Nothing is lost from what readers see: every reader of the records (``/metrics``, ``/status``,
-    ``/readyz``, the shutdown) calls :meth:`flush` first, and each record carries the duration and
+    the shutdown) calls :meth:`flush` first, and each record carries the verdict, the duration and
     the time taken when its exchange ended, not when it is written. Bound: at most ``LIMIT``
     records wait (each holds one ended exchange); past that an end is recorded at once (its log
     line then comes before those of the ends still waiting, with its own time).
@@ -121,18 +121,20 @@ class RecordQueue:
 
     def _run(self) -> None:
         q = self._q
-        for _ in range(min(max(self.BATCH, len(q) >> 3), len(q))):
-            _run_one(*q.popleft())
+        self._drain(min(max(self.BATCH, len(q) >> 3), len(q)))
         if q:
             self.loop.call_soon(self._run)
         else:
             self._scheduled = False
 
+    def _drain(self, n: int) -> None:
+        q = self._q
+        for _ in range(n):
+            _run_one(*q.popleft())
+
     def flush(self) -> None:
         """Record everything waiting, now (a reader is about to look)."""
-        q = self._q
-        while q:
-            _run_one(*q.popleft())
+        self._drain(len(self._q))
 
 
 def _run_one(fn, args) -> None:
@@ -167,17 +169,20 @@ class Telemetry:
         children = self.m.route_children(route)
         children[0].dec()
         duration = time.monotonic() - ex.start
+        verdict = status, _, who = ending(ex, exc)
+        if ex.probe is None and self.on_success is not None and who is None and status < 500:
+            self.on_success(route)  # passive probe health, now: the probe runner reads it unflushed
         # now, not when recorded: it gives back the LLM parser's reserved bytes and times the tokens
         llm = ex.llm.finish() if ex.llm is not None else None
         if self.records is None or ex.probe is not None:  # a probe's runner waits on its report
-            self._record(ex, route, exc, children, duration, llm, None)
+            self._record(ex, route, exc, verdict, children, duration, llm, None)
         else:
-            self.records.add(self._record, ex, route, exc, children, duration, llm, time.time())
+            self.records.add(self._record, ex, route, exc, verdict, children, duration, llm, time.time())
 
-    def _record(self, ex, route, exc, children, duration, llm, at) -> None:
+    def _record(self, ex, route, exc, verdict, children, duration, llm, at) -> None:
         m = self.m
         _, ttfb_h, overhead_h, req_bytes, resp_bytes = children
-        status, outcome, who = ending(ex, exc)
+        status, outcome, who = verdict
         err = exc if exc is not None and not isinstance(exc, asyncio.CancelledError) else ex.error
         if ex.probe is None:
             m.request_done(route, ex.method, status, duration,
@@ -190,8 +195,6 @@ class Telemetry:
                 req_bytes.inc(ex.req_bytes)
             if ex.resp_bytes:
                 resp_bytes.inc(ex.resp_bytes)
-            if self.on_success is not None and who is None and status < 500:
-                self.on_success(route)
         elif self.on_probe is not None:
             self.on_probe(ex, status, outcome, who)
         count_failure(m, route, err)
@@ -211,7 +214,7 @@ class Telemetry:
                 run = "client_disconnect" if who == "client" else (
                     "upstream_error" if who == "upstream" else "success" if who is None else outcome)
                 ex.run_outcome = run
-            m.ended("runs", route, run).inc()
+            m.child(m.runs, route, run).inc()
         if self.access_log is not None:
             self.access_log.write(ex, status, duration, outcome, who, ex.probe, llm, at)
         if self.exporter is not None and ex.trace is not None:

@@ -30,6 +30,11 @@ from .upstream import UpstreamConnection, UpstreamPool
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 SMALL = 64 * 1024  # request bodies up to this are read whole (a retry can resend them)
+# A stream's last chunk, when its end has come with it, is written together with the final chunk
+# by aiohttp's write_eof (one send, not two: thousands of streams that end together). Only up to
+# this size and onto an empty write buffer: below uvloop's 64 KiB high-water mark the write can
+# never pause the transport, so write_eof's drain (which has no timeout) never waits on the client
+_LAST_WITH_END = 16 * 1024
 _CLIENT_GONE = E.CLIENT_GONE
 
 
@@ -402,6 +407,7 @@ class Forwarder:
         head_bytes = None
         completed = False
         exc = None
+        last = b""
         try:
             try:
                 while True:
@@ -422,6 +428,11 @@ class Forwarder:
                         if usage is not None:
                             usage.feed_body(chunk)
                     sent += len(chunk)
+                    if (conn.done and not conn.chunks and conn.error is None and len(chunk) <= _LAST_WITH_END
+                            and not proto.writing_paused and (tr := request.transport) is not None
+                            and not tr.get_write_buffer_size()):
+                        last = chunk  # the answer's last bytes go out with its end: one write, not two
+                        break
                     if not send_now(writer, chunk):
                         await writer.write(chunk, drain=False)
                     chunk = None  # sent: a quiet stream holds no copy of its last event while it waits
@@ -430,7 +441,7 @@ class Forwarder:
                 ex.upstream_time = monotonic() - ex.upstream_start
                 if proto.writing_paused:
                     await write_within(writer, loop, write_timeout, conn.total_at, conn.total_kind)
-                await resp.write_eof()
+                await resp.write_eof(last)
                 completed = True
             except E.ClientSlow as e:
                 # the client stopped reading: cut it (the upstream connection is closed by release)

@@ -50,11 +50,14 @@ class SSEScanner:
     def feed(self, chunk: bytes) -> int:
         """Scan a chunk; returns the number of events it completed."""
         n = len(chunk)
-        if chunk[-2:] == b"\n\n" and not (self._line_len or self._has_field or self._cr):
+        if n > 1 and chunk[-1] == 10 == chunk[-2] and not (self._line_len or self._has_field or self._cr):
             # the usual chunk: one whole event as LangGraph writes it, at an event boundary
-            # (an optional ``event:`` line, one ``data:`` line, the blank line): no line walk
-            d = chunk.find(b"\n") + 1 if chunk.startswith(b"event:") else 0
-            if chunk.find(b"\n", d) == n - 2 and chunk.startswith(b"data:", d) and b"\r" not in chunk:
+            # (an optional ``event:`` line, one ``data:`` line, the blank line): no line walk.
+            # Written for CPython 3.11's costs: ``b"\r" in chunk`` raises and clears a TypeError
+            # before it searches (~10x ``13 in chunk``, a plain memchr), and a slice compare is
+            # cheaper than ``startswith``, which parses its arguments from a format string
+            d = chunk.find(b"\n") + 1 if chunk[:6] == b"event:" else 0
+            if chunk.find(b"\n", d) == n - 2 and chunk[d:d + 5] == b"data:" and 13 not in chunk:
                 return self._one_event(chunk, d, n)
         return self._walk(chunk, n)
 

@@ -1166,7 +1166,7 @@ def build_report(raw, a):
                     100 * (getattr(a, "streams_usage_share", 0) or 0), reps))
 
         def medc(c, key, rs=rs):
-            return med([r.get(key) for r in rs[c]])
+            return med([r.get(key) for r in rs.get(c, ())])  # nginx may not be among the columns
 
         def vs_nginx(key, nd=2, rs=rs):
             return [fmt(ratio(medc(c, key), medc("nginx", key)), nd) if rs[c] else "-" for c in cols]

@@ -355,3 +355,46 @@ async def test_base_path_applies_to_user_traffic_and_run_cancels(url_builder, ma
         await asyncio.sleep(0.02)
     assert url_builder.cancels == [f"/base/threads/{tid}/runs/{rid}/cancel?action=interrupt"]
     assert url_builder.seen[0][1] == f"/base/threads/{tid}/runs/stream"
+
+
+@pytest.mark.parametrize("pad", [100, 24_000])
+async def test_a_streams_last_event_and_its_end_in_one_read_arrive_whole(make_proxy, session, pad):
+    """The upstream sends its whole SSE answer, head to final chunk, in one write, so the proxy
+    reads the last event together with the end. Small (pad 100): the relay hands what it holds
+    to write_eof, one send with the final chunk. Large (pad 24,000, 72 KiB in all): the answer
+    comes over several reads, and what the relay holds at the end is the last event's tail, or
+    more than 16 KiB that it writes first, before the end (forward.py ``_LAST_WITH_END``). Either
+    way the client gets every event whole and a complete chunked body (both fail if the last
+    chunk is dropped), and the stream counts as completed with all its events."""
+    events = [b"event: values\r\ndata: " + json.dumps({"i": i, "pad": "x" * pad}).encode() + b"\r\n\r\n"
+              for i in range(3)]
+    body = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
+    answer = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+
+    async def serve(reader, writer):
+        try:
+            while (await reader.readuntil(b"\r\n\r\n")):
+                writer.write(answer)  # one write: the head, every event and the end
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        p = make_proxy(f"http://127.0.0.1:{port}")
+        for _ in range(2):  # the second on the pooled connection
+            async with session.get(p.url + "/sse") as r:
+                assert r.status == 200
+                got = await r.read()  # aiohttp raises ClientPayloadError on a body without its final chunk
+            assert got == b"".join(events)
+        samples = await scrape(p.admin, session)
+        assert metric(samples, "sidecar_streams_total", outcome="completed") == 2
+        assert metric(samples, "sidecar_stream_events_total") == 6
+        async with session.get(p.url + "/sse") as r:  # and the proxy serves the next one
+            assert (await r.read()) == b"".join(events)
+    finally:
+        server.close()
+        await server.wait_closed()

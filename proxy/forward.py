@@ -308,7 +308,7 @@ class Forwarder:
             if kl in DOWN_STRIP:
                 if kl == b"content-length":
                     clen = int(v) if v.isdigit() else None
-                elif kl == b"connection":
+                elif kl == b"connection" and v.lower() != b"keep-alive":  # a header DOWN_STRIP drops anyway
                     conn_listed = True
                 continue
             if kl == b"content-type" and v[:17].lower() == b"text/event-stream":

@@ -61,6 +61,11 @@ def log_escape(value: str, quote: bool = False) -> str:
     return s if quote else s[1:-1]
 
 
+# The usual Connection values: on the way up they name nothing to drop but hop-by-hop fields
+# (upstream_head rebuilds only for other tokens), so they need no token parsing
+_PLAIN_CONNECTION = frozenset({b"close", b"keep-alive"})
+
+
 def connection_tokens(raw_headers) -> frozenset[bytes]:
     """Header names listed in Connection: (hop-by-hop by declaration)."""
     names: set[bytes] = set()
@@ -117,14 +122,14 @@ def upstream_head(method: str, target: str, raw_headers, *, upstream, preserve_h
         if kl in strip:
             if kl == b"x-forwarded-for":
                 xff = v if xff is None else xff + b", " + v
-            elif kl == b"connection":
+            elif kl == b"connection" and v.lower() not in _PLAIN_CONNECTION:
                 conn_listed = True
             continue
         parts += (k, b": ", v, b"\r\n")
     if conn_listed:
         # rare: drop the fields the client declared hop-by-hop (rebuild without them)
         dropped = connection_tokens(raw_headers)
-        if dropped - {b"close", b"keep-alive"}:
+        if dropped - _PLAIN_CONNECTION:
             dropped |= {b"connection"}
             return upstream_head(method, target, [(k, v) for k, v in raw_headers if k.lower() not in dropped],
                                  upstream=upstream, preserve_host=preserve_host, request_id=request_id,

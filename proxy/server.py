@@ -44,6 +44,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from . import errors as E
 from .headers import new_request_id
+from .upstream import loop_sets_nodelay
 
 log = logging.getLogger("proxy.accept")
 
@@ -310,8 +311,11 @@ class Connection(BaseProtocol):
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport) -> None:
-        super().connection_made(transport)
         srv = self.server
+        if srv.nodelay_by_loop:
+            self.transport = transport  # all BaseProtocol.connection_made does but set TCP_NODELAY again
+        else:
+            super().connection_made(transport)
         if srv.open_count() >= srv.max_connections:
             self._dead = True
             transport.write(OVER_LIMIT)
@@ -677,6 +681,7 @@ class TrafficServer:
         self.handler = handler
         self.loop = loop
         self.max_connections = max_connections
+        self.nodelay_by_loop = loop_sets_nodelay(loop)
         self.head_timeout = head_timeout
         self.keepalive_timeout = keepalive_timeout
         self.max_line = max_line

@@ -300,3 +300,41 @@ async def test_the_record_queue_drains_a_backlog_by_an_eighth_per_turn():
         await asyncio.sleep(0)
     assert done == list(range(800)) and len(q) == 0
 
+
+
+def test_uvloop_sets_tcp_nodelay_on_accepted_and_connected_sockets_so_the_proxy_does_not():
+    """The proxy (server.Connection, UpstreamPool.connect) skips setting TCP_NODELAY when the
+    loop already did (upstream.loop_sets_nodelay): this checks that uvloop still does, on both
+    sides, with no one setting it; and that the default asyncio loop is not taken for one."""
+    import socket
+
+    import uvloop
+
+    from proxy.upstream import loop_sets_nodelay
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        assert loop_sets_nodelay(loop)
+        accepted = loop.create_future()
+
+        class Server(asyncio.Protocol):
+            def connection_made(self, transport):
+                s = transport.get_extra_info("socket")
+                accepted.set_result(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+        srv = await loop.create_server(Server, "127.0.0.1", 0)
+        try:
+            tr, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", srv.sockets[0].getsockname()[1])
+            connected = tr.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            assert (await asyncio.wait_for(accepted, 5), connected) == (1, 1)
+            tr.close()
+        finally:
+            srv.close()
+            await srv.wait_closed()
+
+    uvloop.run(main())
+    plain = asyncio.new_event_loop()
+    try:
+        assert not loop_sets_nodelay(plain)
+    finally:
+        plain.close()

@@ -373,7 +373,7 @@ async def test_a_streams_last_event_and_its_end_in_one_read_arrive_whole(make_pr
 
     async def serve(reader, writer):
         try:
-            while (await reader.readuntil(b"\r\n\r\n")):
+            while await reader.readuntil(b"\r\n\r\n"):
                 writer.write(answer)  # one write: the head, every event and the end
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):

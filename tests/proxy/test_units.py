@@ -301,7 +301,6 @@ async def test_the_record_queue_drains_a_backlog_by_an_eighth_per_turn():
     assert done == list(range(800)) and len(q) == 0
 
 
-
 def test_uvloop_sets_tcp_nodelay_on_accepted_and_connected_sockets_so_the_proxy_does_not():
     """The proxy (server.Connection, UpstreamPool.connect) skips setting TCP_NODELAY when the
     loop already did (upstream.loop_sets_nodelay): this checks that uvloop still does, on both

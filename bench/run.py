@@ -36,6 +36,12 @@ Scenarios, every repetition interleaved over the columns (A B C D E, rotated eac
            each run on a freshly started, warmed-up column process: steady p99 event delay, time to
            first event, peak RSS, RSS per stream above that process's idle RSS, every event counted,
            and the LLM tokens the proxy counted (its /metrics) against what the streams carried
+  setup    what one stream costs to open and close, NOT in the default list (~2 min with
+           --only nginx,proxy,floor,floor-raw): per rep, --setup-k (3,000) short SSE streams (request,
+           2 events 200 ms apart, end; 10% LangGraph runs with usage) opened over 0.5 s, on the
+           columns of streams, one warmed-up process each, rotated: the column's CPU per stream (both
+           TCP connections' set-up and teardown, the request and answer heads, the events), its kernel
+           share, and time to first event. It is the set-up cost behind the streams scenario's TTFE
 Idle RSS of every column is read right after start.
 
 Primary figure: proxy CPU time per request (utime+stime of the process tree from /proc), then
@@ -76,11 +82,11 @@ EXTRA_COLUMNS = ("proxy-buf", "proxy-null", "proxy-defaults", "proxy-base", "flo
 # proxy-base: the same production config run from another checkout (BENCH_BASELINE=/path, e.g. a
 # `git worktree` of the previous release), so a change is measured against its baseline in one run
 BASELINE = os.environ.get("BENCH_BASELINE")
-ALL_SCENARIOS = ("get", "post", "lat", "sse1k", "sse10k", "burst", "static", "soak", "streams")
+ALL_SCENARIOS = ("get", "post", "lat", "sse1k", "sse10k", "burst", "static", "soak", "streams", "setup")
 # streams: 3 reps x 2 sizes x (20 events + ~7 s start, warm-up, stop) = ~5.5 min for nginx+proxy, ~8 min
 # with direct too: more than a default run may grow, so only on request
 FLOORS = {"floor": "floor_proxy.py", "floor-raw": "floor_raw.py"}
-DEFAULT_SCENARIOS = tuple(s for s in ALL_SCENARIOS if s != "streams")
+DEFAULT_SCENARIOS = tuple(s for s in ALL_SCENARIOS if s not in ("streams", "setup"))
 # columns the streams scenario runs on (when selected); proxy-defaults would shed at its default limits
 STREAMS_COLUMNS = ("direct", "nginx", "proxy", "proxy-min", "proxy-buf", "proxy-null", "proxy-base", "floor", "floor-raw")
 STREAMS_TARGET_K = (5000, 10000)  # the sizes the stream-scale targets name (requested, before the fd cap)
@@ -439,6 +445,14 @@ def run_sse(t, a, k, events, interval_ms, timeout_s, stagger_ms=None, usage_shar
     return r
 
 
+def setup_run(t, a):
+    """One setup run: --setup-k short streams opened over 0.5 s; the column's CPU per stream."""
+    r = run_sse(t, a, a.setup_k, 2, 200, 60, stagger_ms=500, usage_share=0.1)
+    r.setdefault("streams", a.setup_k)
+    r["cpu_us_per_stream"] = 1e6 * r["proxy_cpu_s"] / a.setup_k if t.proc and r.get("proxy_cpu_s") else None
+    return r
+
+
 def llm_counters(admin_port):
     """The proxy's LLM usage counters (sidecar_llm_*_total on its admin /metrics), summed over labels."""
     try:
@@ -513,6 +527,7 @@ def main():
     ap.add_argument("--streams-events", type=int, default=None,
                     help="streams: events per stream, 1 s apart (default 20; --quick 8); the first 5 of each "
                          "stream are left out of the steady delay, so use more than 5")
+    ap.add_argument("--setup-k", type=int, default=3000, help="short streams per setup run")
     ap.add_argument("--streams-usage-share", type=float, default=0.1,
                     help="streams: share of the streams that are LangGraph runs with token usage")
     ap.add_argument("--soak-requests", type=int, default=1_000_000)
@@ -696,6 +711,12 @@ def main():
             "-" if not r.get("llm") else "calls %d in %d out %d unparsed %d" % (
                 r["llm"]["calls"], r["llm"]["input"], r["llm"]["output"], r["llm"]["unparsed"]))
 
+    def show_setup(r):
+        return "ok=%s/%s cpu=%sus/stream sys=%s%% ttfe50/99=%s/%sms" % (
+            r.get("ok"), r.get("streams"), fmt(r.get("cpu_us_per_stream"), 1),
+            fmt(100 * r["sys_share"] if r.get("sys_share") is not None else None), fmt(r.get("ttfb_p50_ms"), 1),
+            fmt(r.get("ttfb_p99_ms"), 1))
+
     def streams_run(name, k_req, k):
         """One stream-scale run on a freshly started column process, warmed up first (50 short
         streams, 10 of them with usage: first-time allocations, code paths, upstream pool), so its
@@ -800,6 +821,23 @@ def main():
                     for t in cols[i:] + cols[:i]:
                         run_one("streams", t, rep, lambda t, k_req=k_req, k=k: streams_run(t.name, k_req, k),
                                 show_streams)
+            stop(up)
+            time.sleep(0.5)
+
+        # ------------------------------------------------ phase 1c: set-up cost per stream
+        if "setup" in scen:
+            names = [n for n in only if n in (STREAMS_COLUMNS if a.only else ("nginx", "proxy")) and n != "direct"]
+            print("== setup: %d short streams (2 events @200 ms) opened over 0.5 s; columns %s" % (
+                a.setup_k, ",".join(names)), flush=True)
+            up = start([py, os.path.join(HERE, "upstream.py"), "--port", str(PORTS["direct"])],
+                       os.path.join(rd, "upstream-setup.log"), a.upstream_cpus)
+            wait_port(PORTS["direct"], proc=up)
+            st = start_targets(PORTS["direct"], "setup", names)
+            for t in st:
+                run_sse(t, a, 300, 2, 50, 30, stagger_ms=200, usage_share=0.2)  # warm-up: code paths, pool
+            interleave("setup", st, a.reps, lambda t: setup_run(t, a), show_setup)
+            for t in st:
+                stop(t.proc)
             stop(up)
             time.sleep(0.5)
 
@@ -1202,6 +1240,27 @@ def build_report(raw, a):
         row("LLM events unparsed", [str(sum(r["llm"]["unparsed"] for r in llm[c])) if llm[c] else "-" for c in cols])
         row("first errors", [errors_of(rs[c]) if rs[c] else "-" for c in cols])
         row("most failed streams (all reps)", [failures_of(rs[c]) if rs[c] else "-" for c in cols])
+    if R.get("setup"):
+        rs = R["setup"]
+        section("setup: %d short SSE streams (request, 2 events 200 ms apart, end) opened over 0.5 s, "
+                "a warmed-up process per column (median [min-max] of %d reps)" % (
+                    getattr(a, "setup_k", 0), max(len(v) for v in rs.values())))
+        row("streams ok / failed (all reps)", ["%d/%d" % (sum(r.get("ok") or 0 for r in rs[c]),
+                                                          sum(streams_failed(r) for r in rs[c]))
+                                               if c in rs else "-" for c in cols])
+        row("CPU us per stream", [mm(rs.get(c, []), "cpu_us_per_stream", 1) for c in cols])
+        row("  x nginx", [fmt(ratio(med([r.get("cpu_us_per_stream") for r in rs[c]]),
+                                    med([r.get("cpu_us_per_stream") for r in rs.get("nginx", [])])), 2)
+                          if c in rs and "nginx" in rs else "-" for c in cols])
+        row("kernel share of that CPU %", [fmt(100 * med([r.get("sys_share") for r in rs[c]]))
+                                           if c in rs and med([r.get("sys_share") for r in rs[c]]) is not None else "-"
+                                           for c in cols])
+        row("user-space CPU us per stream", [fmt(med([r["cpu_us_per_stream"] * (1 - r["sys_share"]) for r in rs[c]
+                                                      if r.get("cpu_us_per_stream") and r.get("sys_share") is not None]), 1)
+                                             if c in rs else "-" for c in cols])
+        row("time to first event p50 / p99 ms", ["%s / %s" % (fmt(med([r.get("ttfb_p50_ms") for r in rs[c]]), 1),
+                                                              fmt(med([r.get("ttfb_p99_ms") for r in rs[c]]), 1))
+                                                 if c in rs else "-" for c in cols])
     wrk_rows("static", "capacity: GET /small, static nginx upstream on CPU1, wrk -c%d %ds" % (a.conns, a.duration))
     if R.get("static"):
         row("capacity req/s per core (CPU0>=85%)", [fmt(S["cap"].get(c)) for c in cols])

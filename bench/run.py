@@ -1127,6 +1127,13 @@ def build_report(raw, a):
         L.append("-- " + title)
         row("", cols)
 
+    def medc(rs, c, key):
+        """Median of ``key`` over column ``c``'s runs in ``rs`` (column -> runs; a column may be absent)."""
+        return med([r.get(key) for r in rs.get(c, ())])
+
+    def vs_nginx(rs, key, nd=2):
+        return [fmt(ratio(medc(rs, c, key), medc(rs, "nginx", key)), nd) if rs.get(c) else "-" for c in cols]
+
     def wrk_rows(sname, label):
         rs = R.get(sname, {})
         if not rs:
@@ -1203,11 +1210,6 @@ def build_report(raw, a):
                     S["streams"][kr]["k"], "" if S["streams"][kr]["k"] == kr else " (%d asked, fd limit)" % kr, ev,
                     100 * (getattr(a, "streams_usage_share", 0) or 0), reps))
 
-        def medc(c, key, rs=rs):
-            return med([r.get(key) for r in rs.get(c, ())])  # nginx may not be among the columns
-
-        def vs_nginx(key, nd=2, rs=rs):
-            return [fmt(ratio(medc(c, key), medc("nginx", key)), nd) if rs[c] else "-" for c in cols]
         row("streams ok / failed (all reps)", ["%d/%d" % (sum(r.get("ok") or 0 for r in rs[c]),
                                                           sum(streams_failed(r) for r in rs[c]))
                                                if rs[c] else "-" for c in cols])
@@ -1215,15 +1217,15 @@ def build_report(raw, a):
                                                       sum(r.get("expected") or 0 for r in rs[c])) if rs[c] else "-" for c in cols])
         row("p50 delay ms", [mm(rs[c], "steady_p50_ms", 2) for c in cols])
         row("p99 delay ms", [mm(rs[c], "steady_p99_ms", 2) for c in cols])
-        row("  p99 x nginx", vs_nginx("steady_p99_ms"))
+        row("  p99 x nginx", vs_nginx(rs, "steady_p99_ms"))
         row("p99 delay ms mid-stream (no last 2 events)", [mm(rs[c], "mid_p99_ms", 2) for c in cols])
-        row("  mid-stream p99 x nginx", vs_nginx("mid_p99_ms"))
-        row("time to first event p50 / p99 ms", ["%s / %s" % (fmt(medc(c, "ttfb_p50_ms"), 1), fmt(medc(c, "ttfb_p99_ms"), 1))
+        row("  mid-stream p99 x nginx", vs_nginx(rs, "mid_p99_ms"))
+        row("time to first event p50 / p99 ms", ["%s / %s" % (fmt(medc(rs, c, "ttfb_p50_ms"), 1), fmt(medc(rs, c, "ttfb_p99_ms"), 1))
                                                  if rs[c] else "-" for c in cols])
-        row("  TTFE p99 x nginx", vs_nginx("ttfb_p99_ms"))
+        row("  TTFE p99 x nginx", vs_nginx(rs, "ttfb_p99_ms"))
         row("RSS before the run MiB", [mm(rs[c], "rss_before_mb", 1) for c in cols])
         row("peak RSS MiB", [mm(rs[c], "peak_rss_mb", 1) for c in cols])
-        row("  peak RSS x nginx", vs_nginx("peak_rss_mb"))
+        row("  peak RSS x nginx", vs_nginx(rs, "peak_rss_mb"))
         row("KiB per stream (peak-before)/K", [mm(rs[c], "mem_per_stream_kib", 1) for c in cols])
         row("proxy CPU us/event", [mm(rs[c], "cpu_us_per_event", 1) for c in cols])
         row("proxy CPU %", [mm(rs[c], "proxy_cpu_pct") for c in cols])
@@ -1249,17 +1251,14 @@ def build_report(raw, a):
                                                           sum(streams_failed(r) for r in rs[c]))
                                                if c in rs else "-" for c in cols])
         row("CPU us per stream", [mm(rs.get(c, []), "cpu_us_per_stream", 1) for c in cols])
-        row("  x nginx", [fmt(ratio(med([r.get("cpu_us_per_stream") for r in rs[c]]),
-                                    med([r.get("cpu_us_per_stream") for r in rs.get("nginx", [])])), 2)
-                          if c in rs and "nginx" in rs else "-" for c in cols])
-        row("kernel share of that CPU %", [fmt(100 * med([r.get("sys_share") for r in rs[c]]))
-                                           if c in rs and med([r.get("sys_share") for r in rs[c]]) is not None else "-"
-                                           for c in cols])
+        row("  x nginx", vs_nginx(rs, "cpu_us_per_stream"))
+        row("kernel share of that CPU %", [fmt(100 * medc(rs, c, "sys_share")) if medc(rs, c, "sys_share") is not None
+                                           else "-" for c in cols])
         row("user-space CPU us per stream", [fmt(med([r["cpu_us_per_stream"] * (1 - r["sys_share"]) for r in rs[c]
                                                       if r.get("cpu_us_per_stream") and r.get("sys_share") is not None]), 1)
                                              if c in rs else "-" for c in cols])
-        row("time to first event p50 / p99 ms", ["%s / %s" % (fmt(med([r.get("ttfb_p50_ms") for r in rs[c]]), 1),
-                                                              fmt(med([r.get("ttfb_p99_ms") for r in rs[c]]), 1))
+        row("time to first event p50 / p99 ms", ["%s / %s" % (fmt(medc(rs, c, "ttfb_p50_ms"), 1),
+                                                              fmt(medc(rs, c, "ttfb_p99_ms"), 1))
                                                  if c in rs else "-" for c in cols])
     wrk_rows("static", "capacity: GET /small, static nginx upstream on CPU1, wrk -c%d %ds" % (a.conns, a.duration))
     if R.get("static"):

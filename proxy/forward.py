@@ -81,9 +81,13 @@ async def write_within(writer, loop, write_timeout: float, deadline: float | Non
         raise E.ClientSlow("client_write", f"the client read nothing of its answer within {why}") from None
 
 
-class WholeResponse(web.StreamResponse):
-    """A whole answer the ``deliver`` layer writes: its headers go out with its first bytes, in
-    one write (as aiohttp's ``Response`` does), not ahead of them as for a stream."""
+class HeadWithFirstBytes(web.StreamResponse):
+    """An answer whose first body bytes are in hand when it starts: its headers go out with them,
+    in one write (as aiohttp's ``Response`` does), not ahead of them. Used for a whole answer (the
+    ``deliver`` layer writes it) and for a stream whose first bytes came in the same read as the
+    upstream's head (the relay writes them at once): one send, and one read for the client,
+    instead of two, at every stream's start. A stream whose first bytes are not there yet sends
+    its head at once (``web.StreamResponse``): its client may wait seconds for the first token."""
 
     _send_headers_immediately = False
 
@@ -91,7 +95,7 @@ class WholeResponse(web.StreamResponse):
 class Forwarder:
     """Forwards an exchange upstream through ``pool``; the contract of every layer:
     ``await forwarder(request, ex) -> StreamResponse`` (already sent when streamed, or an unsent
-    :class:`WholeResponse` whose chunks are in ``ex.answer``, written by the ``deliver`` layer).
+    :class:`HeadWithFirstBytes` whose chunks are in ``ex.answer``, written by the ``deliver`` layer).
 
     ``on_client_gone(ex)`` is called (synchronously) when a client leaves mid-response, e.g. to
     cancel a LangGraph run; ``max_body`` bounds streamed request bodies (413 / abort).
@@ -357,11 +361,12 @@ class Forwarder:
                     if head is not None:
                         break
                 tracker.wait_body(ex, head or b"")
-            resp = WholeResponse(status=status, headers=hdrs)
+            resp = HeadWithFirstBytes(status=status, headers=hdrs)
             resp.content_length = clen
             return resp
 
-        resp = web.StreamResponse(status=status, headers=hdrs)
+        # the relay's first write carries the head when the first body bytes are already here
+        resp = (HeadWithFirstBytes if conn.chunks else web.StreamResponse)(status=status, headers=hdrs)
         hdrs = None  # copied into resp.headers
         if clen is not None:
             resp.content_length = clen

@@ -357,6 +357,79 @@ async def test_base_path_applies_to_user_traffic_and_run_cancels(url_builder, ma
     assert url_builder.seen[0][1] == f"/base/threads/{tid}/runs/stream"
 
 
+def _data_segments_in(sock) -> int | None:
+    """TCP data segments this socket has received (Linux ``tcp_info.tcpi_data_segs_in``)."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    except (AttributeError, OSError):
+        return None
+    return int.from_bytes(info[152:156], "little") if len(info) >= 156 else None
+
+
+async def test_a_streams_head_goes_out_with_its_first_event_when_they_come_together(make_proxy):
+    """nginx writes a stream's head and its first body bytes in one send when they come in one
+    read; so does the sidecar (forward.py ``HeadWithFirstBytes``): at thousands of stream
+    openings a second, a segment and a read fewer for every client. A head whose first event is
+    not there yet is never held back for it: its client gets it at once and waits for the event
+    (an LLM's first token can take seconds). Counted on the client's socket with
+    ``tcp_info.tcpi_data_segs_in``."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    event = b"data: {\"token\": \"a\"}\r\n\r\n"
+    framed = b"%x\r\n%s\r\n" % (len(event), event)
+    go = {}
+
+    async def serve(reader, writer):
+        try:
+            line = await reader.readuntil(b"\r\n\r\n")
+            together = b"together" in line.split(b"\r\n", 1)[0]
+            gate = go[together] = asyncio.Event()
+            if together:
+                writer.write(head + framed)   # one write: the head and the first event
+            else:
+                writer.write(head)            # the head alone; the first event when the test says
+                await writer.drain()
+                await gate.wait()
+                writer.write(framed)
+            await writer.drain()
+            await (go.setdefault("end", asyncio.Event())).wait()
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        p = make_proxy(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        host, port = p.url.split("://")[1].rsplit(":", 1)
+        for together in (True, False):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"GET /sse?%s HTTP/1.1\r\nHost: x\r\n\r\n" % (b"together" if together else b"apart"))
+            got = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)   # the head
+            assert got.startswith(b"HTTP/1.1 200 ")
+            if not together:
+                # the head came while the upstream still holds the first event
+                assert not go[False].is_set()
+                await asyncio.sleep(0.2)
+                segs_head = _data_segments_in(writer.get_extra_info("socket"))
+                go[False].set()
+            assert (await asyncio.wait_for(reader.readexactly(len(framed)), 10)) == framed  # the first event
+            await asyncio.sleep(0.2)  # anything else the proxy sent has arrived by now
+            segs = _data_segments_in(writer.get_extra_info("socket"))
+            if segs is not None:
+                if together:
+                    assert segs == 1, "the head and the first event came in %d segments" % segs
+                else:
+                    assert (segs_head, segs) == (1, 2)
+            go.pop("end", asyncio.Event()).set()
+            assert (await asyncio.wait_for(reader.readexactly(5), 10)) == b"0\r\n\r\n"  # and its end
+            writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 @pytest.mark.parametrize("pad", [100, 24_000])
 async def test_a_streams_last_event_and_its_end_in_one_read_arrive_whole(make_proxy, session, pad):
     """The upstream sends its whole SSE answer, head to final chunk, in one write, so the proxy

@@ -383,6 +383,7 @@ async def test_a_streams_head_goes_out_with_its_first_event_when_they_come_toget
             line = await reader.readuntil(b"\r\n\r\n")
             together = b"together" in line.split(b"\r\n", 1)[0]
             gate = go[together] = asyncio.Event()
+            end = go["end", together] = asyncio.Event()  # before the answer: the client sets it after
             if together:
                 writer.write(head + framed)   # one write: the head and the first event
             else:
@@ -391,7 +392,7 @@ async def test_a_streams_head_goes_out_with_its_first_event_when_they_come_toget
                 await gate.wait()
                 writer.write(framed)
             await writer.drain()
-            await (go.setdefault("end", asyncio.Event())).wait()
+            await end.wait()
             writer.write(b"0\r\n\r\n")
             await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -405,29 +406,36 @@ async def test_a_streams_head_goes_out_with_its_first_event_when_they_come_toget
         host, port = p.url.split("://")[1].rsplit(":", 1)
         for together in (True, False):
             reader, writer = await asyncio.open_connection(host, int(port))
-            writer.write(b"GET /sse?%s HTTP/1.1\r\nHost: x\r\n\r\n" % (b"together" if together else b"apart"))
-            got = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)   # the head
-            assert got.startswith(b"HTTP/1.1 200 ")
-            if not together:
-                # the head came while the upstream still holds the first event
-                assert not go[False].is_set()
-                await asyncio.sleep(0.2)
-                segs_head = _data_segments_in(writer.get_extra_info("socket"))
-                go[False].set()
-            assert (await asyncio.wait_for(reader.readexactly(len(framed)), 10)) == framed  # the first event
-            await asyncio.sleep(0.2)  # anything else the proxy sent has arrived by now
-            segs = _data_segments_in(writer.get_extra_info("socket"))
-            if segs is not None:
-                if together:
-                    assert segs == 1, "the head and the first event came in %d segments" % segs
-                else:
-                    assert (segs_head, segs) == (1, 2)
-            go.pop("end", asyncio.Event()).set()
-            assert (await asyncio.wait_for(reader.readexactly(5), 10)) == b"0\r\n\r\n"  # and its end
-            writer.close()
+            try:
+                await _head_and_first_event(reader, writer, together, go, framed)
+            finally:
+                writer.close()
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def _head_and_first_event(reader, writer, together: bool, go: dict, framed: bytes) -> None:
+    """One stream of the test above: its head, its first event (the data segments counted), its end."""
+    writer.write(b"GET /sse?%s HTTP/1.1\r\nHost: x\r\n\r\n" % (b"together" if together else b"apart"))
+    got = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)   # the head
+    assert got.startswith(b"HTTP/1.1 200 ")
+    if not together:
+        # the head came while the upstream still holds the first event
+        assert not go[False].is_set()
+        await asyncio.sleep(0.2)
+        segs_head = _data_segments_in(writer.get_extra_info("socket"))
+        go[False].set()
+    assert (await asyncio.wait_for(reader.readexactly(len(framed)), 10)) == framed  # the first event
+    await asyncio.sleep(0.2)  # anything else the proxy sent has arrived by now
+    segs = _data_segments_in(writer.get_extra_info("socket"))
+    if segs is not None:
+        if together:
+            assert segs == 1, "the head and the first event came in %d segments" % segs
+        else:
+            assert (segs_head, segs) == (1, 2)
+    go["end", together].set()
+    assert (await asyncio.wait_for(reader.readexactly(5), 10)) == b"0\r\n\r\n"  # and its end
 
 
 @pytest.mark.parametrize("pad", [100, 24_000])

@@ -94,7 +94,8 @@ class HeadWithFirstBytes(web.StreamResponse):
 
 class Forwarder:
     """Forwards an exchange upstream through ``pool``; the contract of every layer:
-    ``await forwarder(request, ex) -> StreamResponse`` (already sent when streamed, or an unsent
+    ``await forwarder(request, ex) -> StreamResponse`` (prepared when streamed: its head sent, or
+    going out with the first bytes the relay in ``ex.tail`` writes at once; or an unsent
     :class:`HeadWithFirstBytes` whose chunks are in ``ex.answer``, written by the ``deliver`` layer).
 
     ``on_client_gone(ex)`` is called (synchronously) when a client leaves mid-response, e.g. to

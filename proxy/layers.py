@@ -18,7 +18,8 @@ from .tracing import from_headers
 from .websocket import is_upgrade
 
 # The contract of every layer and of the forwarder: take the request and its Exchange, return the
-# response or raise a proxy.errors exception. A streamed answer returns once its head is sent, with
+# response or raise a proxy.errors exception. A streamed answer returns once its head is sent (or
+# held for the relay's first write, when its first bytes are already in hand), with
 # its body's relay left in ``ex.tail`` (the runtime awaits it after the chain returned), so no layer
 # keeps a coroutine frame for the life of a stream (thousands of streams: a frame each, per layer).
 # A layer that acts only before the next one (request id, route, target check, deadline, the

@@ -169,6 +169,22 @@ class ClientSlow(ClientFault):
         super().__init__(message)
 
 
+def settled(exc: BaseException) -> BaseException:
+    """``exc``, kept after what it means was decided (on an exchange, as the failure that ended
+    it): without the tracebacks of it and the exceptions it chained to. A traceback holds every
+    frame it went through, those frames hold the exchange, and the exchange would hold the
+    exception: a reference cycle that keeps the whole exchange until a garbage collection finds it
+    (tests/proxy/test_gc_cycles.py). Log with the traceback before, not after."""
+    todo, seen = [exc], set()
+    while todo:
+        e = todo.pop()
+        if e is not None and id(e) not in seen:
+            seen.add(id(e))
+            e.__traceback__ = None
+            todo += (e.__cause__, e.__context__)
+    return exc
+
+
 def classify(exc: BaseException) -> tuple[int, str]:
     """(status, error type) for any exception; unknown ones are 500 internal_error."""
     if isinstance(exc, ProxyError):

@@ -452,7 +452,7 @@ class Forwarder:
             except E.ClientSlow as e:
                 # the client stopped reading: cut it (the upstream connection is closed by release)
                 ex.upstream_time = monotonic() - ex.upstream_start
-                ex.error = e
+                ex.error = E.settled(e)
                 conn.abort()
                 tr = request.transport
                 if tr is not None:
@@ -464,7 +464,7 @@ class Forwarder:
                 # end the answer unmistakably. An SSE client first gets a last `event: error` saying
                 # why; then every cut answer ends without its final chunk (DESIGN: it must look cut)
                 ex.upstream_time = monotonic() - ex.upstream_start
-                ex.error = e
+                ex.error = E.settled(e)
                 if scanner is not None:
                     try:
                         # end a half-written event first, so the error event parses on its own
@@ -484,7 +484,7 @@ class Forwarder:
                 raise E.ClientGone() from None
             except asyncio.CancelledError:
                 if isinstance(conn.error, E.ShuttingDown):
-                    ex.error = conn.error  # cut by our own shutdown while blocked on the client, not its leaving
+                    ex.error = E.settled(conn.error)  # cut by our own shutdown while blocked on the client, not its leaving
                 elif route.cancel_on_disconnect and self.on_client_gone is not None:
                     self.on_client_gone(ex)
                 raise
@@ -511,8 +511,9 @@ class Forwarder:
                 await self.run_tracker.confirm(ex)
         except (asyncio.CancelledError, Exception) as e:
             exc = e
-        ex.end(request, exc)
+        ex.end(request, exc)  # the layers' ends see (and log) it whole
         if exc is not None:
+            E.settled(exc)  # this frame holds it, and the future it was thrown from: no cycle left
             raise asyncio.CancelledError() from None
 
 

@@ -4,8 +4,10 @@ CPython's automatic full collection runs whenever the objects that survived two 
 have grown by a quarter since the last one. While thousands of streams open, that is a full pass
 over every live stream's objects (~0.5 s at 5,000 streams), several times in a row, and every
 stream's events wait for it: it was the largest part of the proxy's p99 event delay at stream scale
-(docs/benchmarks.md, "Stream scale"). Yet the proxy's objects die by reference counting: a finished
-stream leaves ~3 objects in reference cycles, a plain request almost none.
+(docs/benchmarks.md, "Stream scale"). Yet the proxy's objects die by reference counting: an ended
+exchange leaves nothing in reference cycles, whatever ended it (a failure's traceback is dropped
+once the failure is recorded, ``errors.settled``; a closed upstream connection lets go of its
+parser: tests/proxy/test_gc_cycles.py).
 
 So, per process:
 - start-up objects (modules, config, the metric registry) are frozen, never scanned again;

@@ -130,6 +130,7 @@ class UpstreamConnection(asyncio.Protocol):
         w = self._drain_waiter
         if w is not None and not w.done():
             w.set_result(None)
+        self.parser = None  # it holds this connection's callbacks: a cycle once the connection is gone
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -447,6 +448,9 @@ class UpstreamPool:
 
     def _discard(self, c: UpstreamConnection) -> None:
         c.abort()
+        # its failure (an exception whose traceback holds the frames that hold this connection)
+        # and the futures that carried it: dropped, so the whole exchange dies by reference counting
+        c.error = c.hdr_fut = c.waiter = None
         self.open_count -= 1
         self._wake_one()
 

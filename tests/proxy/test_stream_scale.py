@@ -1,6 +1,7 @@
 """Stream scale: opening thousands of streams runs no full garbage collection (the pause that
-held every stream's events: proxy/gcpolicy.py); the full collection runs on its timer and
-reclaims the cycles finished streams left. The real proxy, real streams, ``/status`` read over HTTP."""
+held every stream's events: proxy/gcpolicy.py), and the streams leave no cycles for any collection
+to find (tests/proxy/test_gc_cycles.py for every way an exchange ends); the full collection runs
+on its timer. The real proxy, real streams, ``/status`` read over HTTP."""
 from __future__ import annotations
 
 import asyncio
@@ -21,7 +22,7 @@ async def gc_status(p) -> dict:
             return (await r.json())["gc"]
 
 
-async def test_streams_open_without_a_full_collection_and_the_timer_reclaims_their_cycles(upstream, make_proxy):
+async def test_streams_open_without_a_full_collection_and_the_timer_runs_it(upstream, make_proxy):
     p = make_proxy(upstream.url, {"server": {"gc_full_interval": "1h"}, "upstream": {"max_connections": 1200},
                                   "limits": {"max_concurrent_requests": 1200}})
     before = await gc_status(p)
@@ -35,6 +36,8 @@ async def test_streams_open_without_a_full_collection_and_the_timer_reclaims_the
     young = [during["generations"][g]["collections"] - before["generations"][g]["collections"] for g in (0, 1)]
     assert young[0] > 0 and young[1] > 0, during      # objects were promoted to the old generation...
     assert during["generations"][2]["collections"] == before["generations"][2]["collections"], during  # ...never scanned
+    freed = sum(during["generations"][g]["collected"] - before["generations"][g]["collected"] for g in (0, 1))
+    assert freed < 100, during                        # and the 1,000 ended streams left no cycles
 
     # a reload shortens the interval; the timer runs the full collection within about a second
     p.write_config(deep_merge(p.cfg, {"server": {"gc_full_interval": "1s"}}))
@@ -46,6 +49,4 @@ async def test_streams_open_without_a_full_collection_and_the_timer_reclaims_the
             break
         assert time.monotonic() < deadline, after
         await asyncio.sleep(0.2)
-    full = after["generations"][2]
-    assert full["collected"] > during["generations"][2]["collected"], after   # finished streams' cycles, reclaimed
-    assert full["pause_seconds_max"] > 0
+    assert after["generations"][2]["pause_seconds_max"] > 0

@@ -11,13 +11,14 @@ timer and counts what was promoted. The real proxy and upstream, real clients.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 
 import aiohttp
 import pytest
 
-from proxy_harness import free_port
+from proxy_harness import deep_merge, free_port
 
 N = 300                      # exchanges per case
 PER_EXCHANGE = 0.1           # cyclic garbage allowed per exchange (a leak is 10-40)
@@ -76,9 +77,21 @@ async def requests(url: str, path: str, *, n: int = N, method: str = "GET", body
 def gc_proxy(make_proxy, upstream_url: str, extra: dict | None = None):
     cfg = {"server": {"gc_full_interval": "1s"}, "circuit_breaker": {"enabled": False},
            "retries": {"attempts": 1}}
-    for k, v in (extra or {}).items():
-        cfg[k] = {**cfg.get(k, {}), **v}
-    return make_proxy(upstream_url, cfg)
+    return make_proxy(upstream_url, deep_merge(cfg, extra or {}))
+
+
+@contextlib.asynccontextmanager
+async def resetting_upstream():
+    """The URL of an upstream that accepts, reads the request and resets the connection: the
+    storm a failing LLM backend makes, each request on a fresh upstream connection."""
+    async def reset(reader, writer):
+        await reader.read(1)
+        writer.transport.abort()
+    srv = await asyncio.start_server(reset, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+    finally:
+        srv.close()
 
 
 CASES = {
@@ -129,23 +142,15 @@ async def test_a_refused_upstream_connection_leaves_no_reference_cycles(make_pro
 
 @pytest.mark.parametrize("attempts", [1, 2])
 async def test_an_upstream_that_resets_every_request_leaves_no_reference_cycles(make_proxy, attempts):
-    """The upstream accepts, reads the request and resets the connection: the storm a failing
-    LLM backend makes, each request on a fresh upstream connection (with a retry: the first
-    attempt's failure is dropped by the retry layer, not answered)."""
-    async def reset(reader, writer):
-        await reader.read(1)
-        writer.transport.abort()
-    srv = await asyncio.start_server(reset, "127.0.0.1", 0)
-    try:
-        port = srv.sockets[0].getsockname()[1]
-        p = gc_proxy(make_proxy, f"http://127.0.0.1:{port}", {"retries": {"attempts": attempts}})
+    """Every request reset by the upstream (with a retry: the first attempt's failure is dropped
+    by the retry layer, not answered)."""
+    async with resetting_upstream() as url:
+        p = gc_proxy(make_proxy, url, {"retries": {"attempts": attempts}})
         got = []
 
         async def drive():
             got.extend(await requests(p.url, "/anything"))
         per = await cyclic_garbage(p, drive)
-    finally:
-        srv.close()
     assert set(got) == {502}, set(got)
     assert per <= PER_EXCHANGE, f"{per:.1f} objects in reference cycles per exchange"
 
@@ -167,18 +172,12 @@ async def test_memory_stays_flat_through_a_storm_of_upstream_resets(make_proxy):
     """What the cycles cost a user: with them, every failed request kept ~1.25 KiB until the full
     collection (10 min by default): a 3,000-a-second reset storm grew the process by ~110 MiB in
     30 s. Now its RSS stays where it was."""
-    async def reset(reader, writer):
-        await reader.read(1)
-        writer.transport.abort()
-    srv = await asyncio.start_server(reset, "127.0.0.1", 0)
-    try:
-        p = make_proxy(f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}", {"circuit_breaker": {"enabled": False}})
+    async with resetting_upstream() as url:
+        p = make_proxy(url, {"circuit_breaker": {"enabled": False}})
         await requests(p.url, "/anything", n=500, concurrency=32)   # warm-up: pools, caches, arenas
         rss0 = p.rss_bytes()
         got = await requests(p.url, "/anything", n=8000, concurrency=32)
         grown = p.rss_bytes() - rss0
-    finally:
-        srv.close()
     assert set(got) == {502}, set(got)
     assert grown < 3 << 20, f"RSS grew {grown / 2**20:.1f} MiB over 8,000 failed requests"
 

@@ -8,18 +8,11 @@ import asyncio
 import signal
 import time
 
-import aiohttp
-
 from proxy_harness import deep_merge
 from test_capacity import sse_burst
+from test_gc_cycles import gc_status
 
 from proxy import gcpolicy
-
-
-async def gc_status(p) -> dict:
-    async with aiohttp.ClientSession() as s:
-        async with s.get(p.admin + "/status") as r:
-            return (await r.json())["gc"]
 
 
 async def test_streams_open_without_a_full_collection_and_the_timer_runs_it(upstream, make_proxy):

@@ -29,7 +29,7 @@ Scenarios, every repetition interleaved over the columns (A B C D E, rotated eac
   soak     1,000,000 requests through the proxy (static upstream): RSS before/after
   streams  stream scale, NOT in the default list (~8 min at 3 reps, ~5.5 with --only nginx,proxy;
            ask for it: --scenarios streams, or --scenarios all): per rep, for K in --streams-k
-           (5,000 and ~10,000, capped by the fd limit as sse10k) concurrent SSE streams x
+           (5,000 and ~10,000, capped as sse10k by what every column holds, max_streams) concurrent SSE streams x
            --streams-events (20) events @1 s, 10% of them
            LangGraph runs (POST /threads/{id}/runs/stream) whose `messages` events carry token usage;
            columns direct, nginx, proxy as sse10k (a proxy variant only when --only names it), rotated,
@@ -347,6 +347,18 @@ def nofile_limit():
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+def max_streams(nofile):
+    """The most concurrent streams every column can hold on this host, so that each column's
+    figures are over the same streams. A proxy needs 2 fds a stream (client and upstream), 64 kept
+    for the rest. nginx's one worker has ``nofile - 32`` connections (``nginx_conf``), and once
+    fewer than 1/16 of them are free it takes connections back ("worker_connections are not
+    enough, reusing connections"): it closes those still waiting for their request head, and those
+    clients see a reset. With 64 of them in its upstream keep-alive pool, it holds
+    (15/16 of them - 64) / 2 streams: 9,328 at 20,000 fds, where at 9,968 it lost 609 (6%)."""
+    wc = nofile - 32
+    return min((nofile - 64) // 2, (wc - wc // 16 - 64) // 2)
+
+
 # ----------------------------------------------------------------------------- wrk
 UNIT = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 
@@ -517,13 +529,13 @@ def main():
     ap.add_argument("--post-bytes", type=int, default=16384)
     ap.add_argument("--sse-events", type=int, default=20, help="events per stream at K=1000 (100 ms apart)")
     ap.add_argument("--sse-big-k", type=int, default=10000,
-                    help="streams for the big SSE run (capped by the fd limit: each stream needs 2 fds in a proxy)")
+                    help="streams for the big SSE run (capped by the fd limit: max_streams)")
     ap.add_argument("--sse-big-events", type=int, default=10, help="events per stream in the big run (1 s apart)")
     ap.add_argument("--sse-big-stagger-ms", type=int, default=None,
                     help="spread the big run's stream starts over this many ms (default: one interval, 1 s)")
     ap.add_argument("--streams-k", default=None,
                     help="streams: comma list of concurrent stream counts (default 5000,10000; --quick 1000,2000), "
-                         "each capped at (fd limit - 64) / 2")
+                         "each capped at what every column holds with the fd limit (max_streams)")
     ap.add_argument("--streams-events", type=int, default=None,
                     help="streams: events per stream, 1 s apart (default 20; --quick 8); the first 5 of each "
                          "stream are left out of the steady delay, so use more than 5")
@@ -572,9 +584,9 @@ def main():
     if a.docs is None and not a.quick and set(DEFAULT_SCENARIOS) <= set(scen):
         a.docs = os.path.join(REPO, "docs", "benchmarks.md")
     nofile = nofile_limit()
-    big_k = min(a.sse_big_k, (nofile - 64) // 2)
+    big_k = min(a.sse_big_k, max_streams(nofile))
     try:  # (requested K, K run): the targets name the requested size, the table the one run
-        streams_ks = [(int(x), min(int(x), (nofile - 64) // 2)) for x in a.streams_k.split(",") if x.strip()]
+        streams_ks = [(int(x), min(int(x), max_streams(nofile))) for x in a.streams_k.split(",") if x.strip()]
     except ValueError:
         ap.error("--streams-k: comma list of integers, got %r" % a.streams_k)
 

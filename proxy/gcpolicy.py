@@ -11,16 +11,8 @@ parser: tests/proxy/test_gc_cycles.py).
 
 So, per process:
 - start-up objects (modules, config, the metric registry) are frozen, never scanned again;
-- the young generations are collected as CPython does (``YOUNG_THRESHOLDS``), and also every
-  ``YOUNG_INTERVAL`` (50 ms) on a timer. CPython starts a young collection when allocations minus
-  deallocations pass the threshold; a long stream frees its waiter for the next chunk as it makes
-  the next one, so thousands of quiet streams hardly move that count, while the young generation
-  keeps every waiter made since the last collection (~9 objects a stream: the future, its
-  iterator, the task's wake-up). The collection that finally came, about once a second at 9,328
-  streams, scanned all of them at once: a 6-39 ms pause a second, the p99 of every event behind it
-  (docs/benchmarks.md, round thirteen). The timer's collection (the two young generations, so what
-  survives it goes to the old one and is not scanned again) scans what 50 ms of events left alive:
-  its pause follows the event rate, not the number of open streams;
+- the young generations are collected as CPython does (``YOUNG_THRESHOLDS``): a young collection
+  scans only what was allocated since the last one, so it stays short however many streams live;
 - the full collection never runs automatically: it runs every ``server.gc_full_interval`` (10 min),
   and only when anything reached the old generation since the last one. The cyclic garbage the proxy
   can hold is what it made in one interval; the pause is taken once per interval, not per burst.
@@ -34,7 +26,6 @@ import gc
 import time
 
 YOUNG_THRESHOLDS = (1000, 10)
-YOUNG_INTERVAL = 0.05     # seconds between the timer's collections of the young generations
 _NEVER = 1 << 30          # gen-2 threshold: no automatic full collection
 
 _pauses = {0: 0.0, 1: 0.0, 2: 0.0}
@@ -62,28 +53,17 @@ def setup() -> None:
         gc.callbacks.append(_time)
 
 
-def _young(loop, handle: list) -> None:
-    gc.collect(1)
-    handle[0] = loop.call_later(YOUNG_INTERVAL, _young, loop, handle)
-
-
 async def periodic(interval) -> None:
-    """The young generations every ``YOUNG_INTERVAL``; the full collection ``interval()`` seconds
-    after the last one (read every second, so a reload applies at once), and only when a young
-    collection promoted anything since."""
+    """The full collection on a timer: ``interval()`` seconds after the last one (read every second,
+    so a reload applies at once), and only when a young collection promoted anything since."""
     loop = asyncio.get_running_loop()
-    handle: list = [None]
-    handle[0] = loop.call_later(YOUNG_INTERVAL, _young, loop, handle)
     last = loop.time()
-    try:
-        while True:
-            await asyncio.sleep(1.0)
-            if loop.time() - last >= interval():
-                last = loop.time()
-                if gc.get_count()[2] > 0:
-                    gc.collect(2)
-    finally:
-        handle[0].cancel()
+    while True:
+        await asyncio.sleep(1.0)
+        if loop.time() - last >= interval():
+            last = loop.time()
+            if gc.get_count()[2] > 0:
+                gc.collect(2)
 
 
 def stats() -> dict:

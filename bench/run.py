@@ -255,7 +255,7 @@ http {{
   scgi_temp_path {rd}/nginx_scgi;
   keepalive_requests 1000000;
   keepalive_timeout 300s;
-  upstream up {{ server 127.0.0.1:{up}; keepalive 64; keepalive_requests 1000000; keepalive_timeout 300s; }}
+  upstream up {{ server 127.0.0.1:{up}; keepalive {keepalive}; keepalive_requests 1000000; keepalive_timeout 300s; }}
   server {{
     listen 127.0.0.1:{port} backlog=4096;
     client_max_body_size 0;
@@ -269,7 +269,8 @@ http {{
     }}
   }}
 }}
-""".format(rd=rd, port=port, up=up_port, nofile=nofile_limit(), wc=nofile_limit() - 32)
+""".format(rd=rd, port=port, up=up_port, nofile=nofile_limit(), wc=nginx_worker_connections(nofile_limit()),
+           keepalive=NGINX_UPSTREAM_KEEPALIVE)
 
 
 def static_conf(rd, port, body):
@@ -347,16 +348,24 @@ def nofile_limit():
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+NGINX_UPSTREAM_KEEPALIVE = 64  # nginx's idle upstream connections kept (nginx_conf)
+
+
+def nginx_worker_connections(nofile):
+    """nginx's one worker: every fd but a few for its logs and listeners (nginx_conf)."""
+    return nofile - 32
+
+
 def max_streams(nofile):
     """The most concurrent streams every column can hold on this host, so that each column's
     figures are over the same streams. A proxy needs 2 fds a stream (client and upstream), 64 kept
-    for the rest. nginx's one worker has ``nofile - 32`` connections (``nginx_conf``), and once
+    for the rest. nginx's one worker has ``nginx_worker_connections`` connections, and once
     fewer than 1/16 of them are free it takes connections back ("worker_connections are not
     enough, reusing connections"): it closes those still waiting for their request head, and those
-    clients see a reset. With 64 of them in its upstream keep-alive pool, it holds
-    (15/16 of them - 64) / 2 streams: 9,328 at 20,000 fds, where at 9,968 it lost 609 (6%)."""
-    wc = nofile - 32
-    return min((nofile - 64) // 2, (wc - wc // 16 - 64) // 2)
+    clients see a reset. With its upstream keep-alive pool, it holds
+    (15/16 of them - the pool) / 2 streams: 9,328 at 20,000 fds, where at 9,968 it lost 609 (6%)."""
+    wc = nginx_worker_connections(nofile)
+    return min((nofile - 64) // 2, (wc - wc // 16 - NGINX_UPSTREAM_KEEPALIVE) // 2)
 
 
 # ----------------------------------------------------------------------------- wrk

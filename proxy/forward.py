@@ -24,7 +24,7 @@ from .exchange import Exchange
 from .headers import DOWN_STRIP, URL_HEADERS, client_host, client_url, connection_tokens, upstream_head, upstream_strip
 from .langgraph import DisconnectIntent
 from .outcome import IDEMPOTENT, count_failure
-from .server import send_now
+from .server import send_now, sends_now
 from .sse import SSEScanner
 from .upstream import UpstreamConnection, UpstreamPool
 
@@ -402,7 +402,10 @@ class Forwarder:
         goes back, a clean run's outcome is confirmed, and the layers' ``end`` work runs
         (:meth:`Exchange.end`). Raises only CancelledError: the answer had started, so whatever
         ended it leaves nothing to send (the errors layer's ``end`` aborted what needed it).
-        One frame for the life of a stream, so the relay is not split into helpers."""
+        One frame for the life of a stream, so the relay is not split into helpers: its chunks are
+        relayed by ``push``, called in the upstream connection's read (see
+        :meth:`UpstreamConnection.set_sink`), and this frame runs only for what ``push`` declines:
+        the head, a client that is not reading, the end, a failure."""
         loop = self.loop
         route = ex.route
         writer = request.writer
@@ -413,27 +416,56 @@ class Forwarder:
         head_bytes = None
         completed = False
         exc = None
+        pushed_exc = None
         last = b""
+
+        def note(conn, chunk) -> None:
+            """What the relay learns from a chunk it is about to write."""
+            nonlocal sent, head_bytes
+            if scanner is not None and scanner.feed(chunk):
+                conn.last_event = loop.time()
+                if ex.first_event is None:
+                    ex.first_event = monotonic() - ex.start
+                    if ex.on_stream_start is not None:
+                        ex.on_stream_start(ex)
+            elif tracker is not None:
+                if head_bytes is None:
+                    head_bytes = tracker.body_head(chunk)
+                if usage is not None:
+                    usage.feed_body(chunk)
+            sent += len(chunk)
+
+        def push(conn) -> bool:
+            """The sink: the chunk read now, written now; False wakes this frame (the client's
+            buffer is full, so a write must wait within its timeouts, or the write failed)."""
+            nonlocal pushed_exc
+            if proto.writing_paused:
+                return False
+            try:
+                chunk = conn.take_chunk()
+                note(conn, chunk)
+                send_now(writer, chunk)  # sends_now(writer) held when the sink was set
+            except Exception as e:  # noqa: BLE001 - raised by this frame, as if it had written
+                pushed_exc = e
+                return False
+            return not proto.writing_paused
+
         try:
             try:
                 while True:
+                    if conn.sink is None and sends_now(writer):
+                        conn.set_sink(push)
                     while (w := conn.wait_chunk()) is not None:
                         await w  # the future itself: no coroutine per event
+                        if pushed_exc is not None:
+                            e, pushed_exc = pushed_exc, None
+                            raise e
+                        if proto.writing_paused:
+                            await write_within(writer, loop, write_timeout, conn.total_at, conn.total_kind)
                     chunk = conn.take_chunk()
                     if chunk is None:
                         break
-                    if scanner is not None and scanner.feed(chunk):
-                        conn.last_event = loop.time()
-                        if ex.first_event is None:
-                            ex.first_event = monotonic() - ex.start
-                            if ex.on_stream_start is not None:
-                                ex.on_stream_start(ex)
-                    elif tracker is not None:
-                        if head_bytes is None:
-                            head_bytes = tracker.body_head(chunk)
-                        if usage is not None:
-                            usage.feed_body(chunk)
-                    sent += len(chunk)
+                    note(conn, chunk)
                     if (conn.done and not conn.chunks and conn.error is None and len(chunk) <= _LAST_WITH_END
                             and not proto.writing_paused and (tr := request.transport) is not None
                             and not tr.get_write_buffer_size()):
@@ -501,6 +533,7 @@ class Forwarder:
                         tracker.wait_body(ex, head_bytes)
                     if usage is not None:
                         usage.end_body()
+                conn.set_sink(None)  # it holds this exchange
                 if pump is None:
                     self.pool.release(conn)
                 else:

@@ -91,13 +91,20 @@ def _with(items: list | tuple, item) -> list:
     return [item]
 
 
+def sends_now(writer: StreamWriter) -> bool:
+    """Whether :func:`send_now` can write this answer's (non-empty) chunks: its headers are sent
+    and it needs nothing that only aiohttp's ``write`` does (compression, a Content-Length to clip
+    to, hooks). Once true, it stays true for the answer's life."""
+    return (writer._headers_written and writer._compress is None and writer.length is None
+            and writer._on_chunk_sent is None and writer.on_body_write is None)
+
+
 def send_now(writer: StreamWriter, chunk: bytes) -> bool:
     """Write a body chunk through aiohttp's ``StreamWriter`` without its ``write`` coroutine (one
     object fewer per SSE event): True when written; False when the answer needs what only
-    ``write`` does (headers not yet sent, compression, a Content-Length to clip to, hooks), and
-    the caller awaits ``writer.write``. The chunk framing stays aiohttp's."""
-    if (not writer._headers_written or writer._compress is not None or writer.length is not None
-            or writer._on_chunk_sent is not None or writer.on_body_write is not None or not chunk):
+    ``write`` does (see :func:`sends_now`), and the caller awaits ``writer.write``. The chunk
+    framing stays aiohttp's."""
+    if not chunk or not sends_now(writer):
         return False
     if writer.chunked:
         writer._write_chunked_payload(chunk)

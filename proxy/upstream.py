@@ -51,7 +51,7 @@ class UpstreamConnection(asyncio.Protocol):
                  "idle_since", "last_rx", "last_event", "received_any", "head_only",
                  "_write_paused", "_drain_waiter", "_timer", "first_byte_at", "total_at",
                  "total_kind", "idle", "event_idle", "upgrade", "eof_body", "in_pool",
-                 "head_only_last", "head_bytes", "queued")
+                 "head_only_last", "head_bytes", "queued", "sink")
 
     def __init__(self, pool: "UpstreamPool"):
         self.pool = pool
@@ -76,6 +76,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.chunks = []   # a list, not a deque: 56 bytes, not 624, per connection (next_chunk takes it all)
         self.queued = 0
         self.waiter = None
+        self.sink = None
         self.done = False
         self.error = None
         self.paused = False
@@ -114,6 +115,12 @@ class UpstreamConnection(asyncio.Protocol):
             pass
         except httptools.HttpParserError as e:
             self._fail(UpstreamProtocolError(f"malformed response from upstream: {e}"))
+        if self.sink is not None and self.chunks and not self.done:
+            # body bytes for a relay parked on its waiter: it takes them here, in this read, or
+            # says it must run (see set_sink)
+            w = self.waiter
+            if w is not None and not w.done() and not self.sink(self):
+                w.set_result(None)
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -208,9 +215,10 @@ class UpstreamConnection(asyncio.Protocol):
         if self.queued > _HIGH_WATER and not self.paused:
             self.paused = True
             self.transport.pause_reading()
-        w = self.waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        if self.sink is None:
+            w = self.waiter
+            if w is not None and not w.done():
+                w.set_result(None)
 
     def on_message_complete(self) -> None:
         if self.done:
@@ -336,6 +344,15 @@ class UpstreamConnection(asyncio.Protocol):
         while (w := self.wait_chunk()) is not None:
             await w
         return self.take_chunk()
+
+    def set_sink(self, sink) -> None:
+        """Hand body bytes to ``sink(conn)`` as they are read, while the relay is parked on the
+        future :meth:`wait_chunk` gave it: ``sink`` takes them with :meth:`take_chunk` and returns
+        True, or returns False (it took nothing, or must run) and the future is woken as without a
+        sink. So a stream's event costs no future and no task step; the relay still runs for the
+        end, a failure, and whatever the sink declines. The sink must not raise. ``None`` stops
+        it (a relay that ends clears it: the sink holds its exchange)."""
+        self.sink = sink
 
     def wait_chunk(self) -> asyncio.Future | None:
         """None when :meth:`take_chunk` has something to give (bytes, the end or the failure);

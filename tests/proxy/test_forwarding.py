@@ -479,3 +479,87 @@ async def test_a_streams_last_event_and_its_end_in_one_read_arrive_whole(make_pr
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_parked_relay_takes_each_read_through_its_sink_and_wakes_only_when_it_must():
+    """A streamed answer's relay parks on the future ``wait_chunk`` gave it; with a sink set
+    (``UpstreamConnection.set_sink``, what ``Forwarder._stream`` does once the head is out), the
+    bytes of each read are handed to the sink in that read, and the future stays pending: no
+    future, task step or coroutine resume per SSE event. The relay wakes when the sink declines
+    (a client not reading), at the end, and on a failure; bytes that come while it is not parked
+    wait for it, in order, and never reach the sink."""
+    from proxy.upstream import UpstreamPool
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    events = [b"data: %d\n\n" % i for i in range(4)]
+    gates = [asyncio.Event() for _ in range(len(events) + 2)]
+
+    async def serve(reader, writer):
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(head)
+            await writer.drain()
+            for i, gate in enumerate(gates):
+                await gate.wait()
+                if i < len(events):
+                    writer.write(b"%x\r\n%s\r\n" % (len(events[i]), events[i]))
+                elif i == len(events):
+                    writer.write(b"0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def until(cond):
+        for _ in range(500):
+            if cond():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("timed out")
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    pool = UpstreamPool(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", connect_timeout=2,
+                        max_connections=2, keepalive_timeout=5)
+    try:
+        conn = await pool.acquire()
+        conn.begin(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n", first_byte=5, total=None, total_kind="request",
+                   idle=None, head_only=False)
+        status, _ = await conn.headers()
+        assert status == 200
+        took, calls, taking = [], [], [True]
+
+        def sink(c):
+            calls.append(len(c.chunks))
+            if not taking[0]:
+                return False
+            took.append(c.take_chunk())
+            return True
+
+        conn.set_sink(sink)
+        w = conn.wait_chunk()
+        assert w is not None and not w.done()
+        for i in (0, 1):  # two events, two reads: each taken in its read, the relay still parked
+            gates[i].set()
+            await until(lambda: len(took) == i + 1)
+        assert took == events[:2] and not w.done()
+        taking[0] = False  # the sink declines (a client not reading): the relay wakes and takes it
+        gates[2].set()
+        await asyncio.wait_for(w, 5)
+        assert len(calls) == 3 and conn.take_chunk() == events[2]
+        taking[0] = True
+        gates[3].set()  # the relay has not parked again: the bytes wait for it, the sink is not asked
+        await until(lambda: bool(conn.chunks))
+        await asyncio.sleep(0.05)
+        assert len(calls) == 3 and conn.wait_chunk() is None and conn.take_chunk() == events[3]
+        w = conn.wait_chunk()  # parked again; the end wakes it whatever the sink would say
+        gates[4].set()
+        await asyncio.wait_for(w, 5)
+        assert len(calls) == 3 and conn.wait_chunk() is None and conn.take_chunk() is None
+        assert conn.reusable()
+        conn.set_sink(None)
+        pool.release(conn)
+    finally:
+        gates[-1].set()
+        await pool.close()
+        server.close()
+        await server.wait_closed()

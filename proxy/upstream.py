@@ -25,7 +25,13 @@ from .errors import PoolExhausted, UpstreamConnectError, UpstreamProtocolError, 
 # receive buffer below keeps to about twice its size.
 _HIGH_WATER = 32 * 1024
 _LOW_WATER = 8 * 1024
-_RCVBUF = 16 * 1024
+# The upstream socket's receive buffer (the kernel doubles it): the bound on one read, and never
+# less than two segments of a loopback connection (MSS ~64 KiB: the sidecar's upstream is in its
+# pod). Below one segment the kernel's receive-side silly-window avoidance advertises a zero
+# window whenever the buffer is half full, and the upstream waits on its persist timer: at 16 KiB
+# a 40 KB SSE event took ~0.2 s longer through the sidecar, a 150 KB one ~1 s, a 500 KB one 3.3 s
+# (a LangGraph `values` event carries the whole state); at 64 KiB each is within a few ms of direct.
+_RCVBUF = 64 * 1024
 _MAX_HEAD_BYTES = 64 * 1024   # response header fields; llhttp itself sets no limit
 
 

@@ -167,6 +167,37 @@ async def test_clients_that_never_read_are_cut_and_free_their_slots(upstream, ma
     await healthy_after(p)
 
 
+async def test_an_sse_client_that_stops_reading_is_cut_by_the_write_timeout_while_others_stream_whole(
+        upstream, make_proxy):
+    """An event stream's chunks are written in the upstream connection's read (the relay's sink,
+    ``forward._Relay.push``); once a client's buffer is full the sink declines, the reads queue
+    (≤ 32 KiB, then the upstream is not read) and the relay's frame waits on the client within
+    ``client_write_timeout``, then cuts it: the client's doing, never the upstream's. A stream
+    beside it, read by its client, gets every event, in order, and its end."""
+    p = make_proxy(upstream.url, {"server": {"client_write_timeout": "1s"}})
+    stuck = _non_reader(p.port, "/sse?events=4000&interval=0.001&size=16000")
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(p.url + "/sse?events=200&interval=0.005&size=300",
+                             headers={"Accept": "text/event-stream"}) as r:
+                body = (await r.read()).decode()
+        seen = [json.loads(ln[6:])["i"] for ln in body.split("\r\n") if ln.startswith("data: {\"i\"")]
+        assert seen == list(range(200)), seen[:5]
+        samples = await wait_metric(p.admin, "sidecar_timeouts_total", 1, timeout=15, kind="client_write")
+        assert metric(samples, "sidecar_upstream_errors_total") == 0
+        assert metric(samples, "sidecar_circuit_transitions_total") == 0
+        for _ in range(50):
+            st = await _status(p)
+            if st["upstream_pool"]["busy"] == 0 and st["capacity"]["streams"] == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert st["upstream_pool"]["busy"] == 0 and st["capacity"]["streams"] == 0, st
+    finally:
+        stuck.close()
+    slow = [ln for ln in p.access_lines() if ln["outcome"] == "client_slow"]
+    assert len(slow) == 1 and slow[0]["ended_by"] == "client" and slow[0]["events"] > 0, slow
+
+
 async def test_the_deadline_holds_while_blocked_on_a_slow_reader(upstream, make_proxy):
     p = make_proxy(upstream.url, {"timeouts": {"request": "1500ms"}, "server": {"client_write_timeout": "60s"}})
     s = _non_reader(p.port, "/bytes/20971520")

@@ -191,6 +191,32 @@ async def test_sse_events_arrive_with_upstream_timing(proxy, upstream, session):
         assert 0.8 < g < 1.5, gaps
 
 
+async def test_large_sse_events_arrive_when_sent_not_when_a_receive_window_reopens(proxy, upstream, session):
+    """A LangGraph ``values`` event carries the whole state: tens or hundreds of KB. The upstream
+    socket's receive buffer must hold more than one loopback segment (~64 KiB), or the kernel
+    advertises a zero window whenever it is half full and the upstream waits on its persist timer
+    (``proxy/upstream.py`` ``_RCVBUF``). At 16 KiB, on a pooled connection that had just carried
+    streams of small events, the 40 KB events of the next stream came up to ~2.2 s late. Each
+    event carries the time it was written; it must arrive well within half a second of it."""
+    async def lateness(query: str) -> list[float]:
+        late = []
+        async with session.get(proxy.url + "/sse?" + query) as r:
+            buf = b""
+            async for chunk in r.content.iter_any():
+                buf += chunk
+                while b"\r\n\r\n" in buf:
+                    ev, buf = buf.split(b"\r\n\r\n", 1)
+                    if ev.startswith(b"event: values"):
+                        late.append(time.time() - json.loads(ev.split(b"data: ", 1)[1])["t"])
+        return late
+
+    for query in ("events=10&interval=0&size=4000", "events=10&interval=0.05&size=4000",
+                  "events=10&interval=0&size=20000", "events=10&interval=0.05&size=40000",
+                  "events=4&interval=0.1&size=500000"):
+        late = await lateness(query)  # one after another: the same pooled upstream connection
+        assert len(late) == int(query.split("&")[0][7:]) and max(late) < 0.5, (query, late)
+
+
 async def test_client_disconnect_closes_upstream_within_1s(proxy, upstream, session):
     r = await session.get(proxy.url + "/sse?events=100&interval=0.5")
     await r.content.readuntil(b"\r\n\r\n")

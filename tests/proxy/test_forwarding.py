@@ -217,6 +217,48 @@ async def test_large_sse_events_arrive_when_sent_not_when_a_receive_window_reope
         assert len(late) == int(query.split("&")[0][7:]) and max(late) < 0.5, (query, late)
 
 
+async def _sse_read_with_stalls(port: int, path: str, rnd: random.Random) -> list[int]:
+    """A client with a 4 KiB receive buffer that stalls now and then: the ``i`` of each values
+    event it gets, in the order it gets them (chunked framing decoded by hand)."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(s, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=s, limit=2 ** 16)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower(), head
+        seen, buf = [], b""
+        while True:
+            n = int((await asyncio.wait_for(reader.readline(), 10)).strip(), 16)
+            data = await asyncio.wait_for(reader.readexactly(n + 2), 10)
+            if n == 0:
+                return seen
+            buf += data[:-2]
+            while b"\r\n\r\n" in buf:
+                ev, buf = buf.split(b"\r\n\r\n", 1)
+                if ev.startswith(b"event: values"):
+                    seen.append(json.loads(ev.split(b"data: ", 1)[1])["i"])
+            if rnd.random() < 0.3:
+                await asyncio.sleep(rnd.random() * 0.02)
+    finally:
+        writer.close()
+
+
+async def test_events_keep_their_order_when_clients_stall_now_and_then(proxy, upstream):
+    """The relay writes an event in the upstream's read while its client keeps up, and from its
+    own frame, within the write timeout, while the client's buffer is full; reads that come
+    meanwhile queue for the frame. Five streams of 200 events back to back (100 B to 60 KB each)
+    to clients that stall now and then (tens of switches between the two paths): every event
+    arrives, once, in order, and each answer ends whole."""
+    rnd = random.Random(7)
+    got = await asyncio.gather(*(_sse_read_with_stalls(proxy.port, f"/sse?events=200&interval=0&size={k * 15000 + 100}", rnd)
+                                 for k in range(5)))
+    for seen in got:
+        assert seen == list(range(200)), seen[:10]
+
+
 async def test_client_disconnect_closes_upstream_within_1s(proxy, upstream, session):
     r = await session.get(proxy.url + "/sse?events=100&interval=0.5")
     await r.content.readuntil(b"\r\n\r\n")

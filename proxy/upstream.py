@@ -127,6 +127,11 @@ class UpstreamConnection(asyncio.Protocol):
             w = self.waiter
             if w is not None and not w.done() and not self.sink(self):
                 w.set_result(None)
+        if self.queued > _HIGH_WATER and not self.paused and not self.closed:
+            # after the sink, not per parsed piece: a read the sink took leaves nothing queued,
+            # and reading is not paused and resumed within the one read
+            self.paused = True
+            self.transport.pause_reading()
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -217,10 +222,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.done:
             return self._surplus()
         self.chunks.append(body)
-        self.queued += len(body)
-        if self.queued > _HIGH_WATER and not self.paused:
-            self.paused = True
-            self.transport.pause_reading()
+        self.queued += len(body)  # above _HIGH_WATER, reading stops at the end of this read (data_received)
         if self.sink is None:
             w = self.waiter
             if w is not None and not w.done():

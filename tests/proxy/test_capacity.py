@@ -131,6 +131,16 @@ async def _status(p) -> dict:
             return await r.json()
 
 
+async def _status_when(p, ready, timeout: float) -> dict:
+    """``/status`` every 0.1 s until ``ready(status)`` or ``timeout`` seconds: the last one read."""
+    t0 = time.monotonic()
+    while True:
+        st = await _status(p)
+        if ready(st) or time.monotonic() - t0 > timeout:
+            return st
+        await asyncio.sleep(0.1)
+
+
 async def test_clients_that_never_read_are_cut_and_free_their_slots(upstream, make_proxy):
     """10 clients never read a 20 MiB answer; the pool has 10 connections. Others are served
     meanwhile (never a 502), and every slot and connection is free within the write timeout."""
@@ -186,11 +196,7 @@ async def test_an_sse_client_that_stops_reading_is_cut_by_the_write_timeout_whil
         samples = await wait_metric(p.admin, "sidecar_timeouts_total", 1, timeout=15, kind="client_write")
         assert metric(samples, "sidecar_upstream_errors_total") == 0
         assert metric(samples, "sidecar_circuit_transitions_total") == 0
-        for _ in range(50):
-            st = await _status(p)
-            if st["upstream_pool"]["busy"] == 0 and st["capacity"]["streams"] == 0:
-                break
-            await asyncio.sleep(0.1)
+        st = await _status_when(p, lambda st: st["upstream_pool"]["busy"] == 0 and st["capacity"]["streams"] == 0, 5)
         assert st["upstream_pool"]["busy"] == 0 and st["capacity"]["streams"] == 0, st
     finally:
         stuck.close()
@@ -237,12 +243,8 @@ async def test_a_whole_answer_frees_its_upstream_connection_before_a_slow_client
         assert metric(samples, "sidecar_response_buffer_bytes") == 12000000
         got = await burst(p.url, 5, "/anything")  # the pool still has room for others
         assert got == {(200, None): 5}, got
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < 8:  # all three cut after client_write_timeout (1.5 s) of blocking
-            st = await _status(p)
-            if st["capacity"]["buffered_bytes"] == 0 and st["upstream_pool"]["busy"] == 0:
-                break
-            await asyncio.sleep(0.1)
+        # all three cut after client_write_timeout (1.5 s) of blocking
+        st = await _status_when(p, lambda st: st["capacity"]["buffered_bytes"] == 0 and st["upstream_pool"]["busy"] == 0, 8)
         assert st["capacity"]["buffered_bytes"] == 0 and st["upstream_pool"]["busy"] == 0, st
     finally:
         for s in socks:

@@ -7,9 +7,14 @@ most), outcomes and kinds from the fixed vocabularies below. Never a path, id or
 from __future__ import annotations
 
 import platform
+from bisect import bisect_left
+from time import time
 
-from prometheus_client import (CollectorRegistry, disable_created_metrics, Counter, Gauge, Histogram, GCCollector,
-                               PlatformCollector, ProcessCollector)
+from prometheus_client import (CollectorRegistry, GCCollector, PlatformCollector,
+                               ProcessCollector)
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.samples import Exemplar
+from prometheus_client.utils import floatToGoString
 
 # Fits LLM agents: a cached /ok in milliseconds, a tool-using run in minutes.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -37,6 +42,179 @@ BREAKER_STATES = ("closed", "half-open", "open")
 # limits exported as sidecar_limit{name}: what a saturation ratio divides by (see configure())
 LIMIT_NAMES = ("max_concurrent_requests", "max_concurrent_streams", "max_connections", "upstream_max_connections",
                "max_buffered_bytes")
+
+# ---- the metric kinds: series updated in place, exported by prometheus-client ----
+#
+# prometheus-client's Counter, Gauge and Histogram guard every value with a threading.Lock and
+# check, per update, that the metric is observable, and validate an exemplar at every observation:
+# three to five Python calls and a lock per value, ten locked values a small GET (68,000 of its
+# 424,000 instructions, 16%: docs/benchmarks.md). Every update here happens on the event loop's
+# thread (nothing else in the process writes a metric), so a series is a plain slotted object and
+# an update is one call. prometheus-client still owns the registry, the exposition formats and the
+# process, platform and GC collectors: each kind below is a custom collector of that registry
+# (``collect`` builds the samples its own kind would: names, labels, bucket order, exemplars; no
+# ``_created`` series, which would double every counter's series and no dashboard here reads).
+
+_EXEMPLAR_MAX = 128  # OpenMetrics: an exemplar's label names and values, in characters
+
+
+class _Kind:
+    """One metric: its series by label values, created on first use and never dropped but by
+    :meth:`remove`. An unlabelled metric has its one series from the start (exported as 0)."""
+
+    def __init__(self, name: str, documentation: str, labelnames=(), registry: CollectorRegistry | None = None):
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._series: dict = {}
+        if not self.labelnames:
+            self._series[()] = self._new()
+        if registry is not None:
+            registry.register(self)
+
+    def labels(self, *values):
+        """The series for these label values (every label, in order; prometheus-client's call)."""
+        key = tuple(str(v) for v in values)
+        series = self._series.get(key)
+        if series is None:
+            if len(key) != len(self.labelnames):
+                raise ValueError(f"{self.name}: labels {self.labelnames} take {len(self.labelnames)} values, "
+                                 f"not {len(key)}")
+            series = self._series[key] = self._new()
+        return series
+
+    def remove(self, *values) -> None:
+        self._series.pop(tuple(str(v) for v in values), None)
+
+    @property
+    def series(self):
+        """The unlabelled metric's one series (what :func:`declare` exposes for it)."""
+        return self._series[()]
+
+    def describe(self):
+        return [self._family()]
+
+    def collect(self):
+        fam = self._family()
+        for key, series in list(self._series.items()):
+            self._add(fam, list(key), series)
+        return [fam]
+
+
+class CounterSeries:
+    __slots__ = ("value",)
+
+    def __init__(self):
+        self.value = 0.0
+
+    def inc(self, amount: float = 1) -> None:
+        if amount < 0:
+            raise ValueError("a counter only goes up")
+        self.value += amount
+
+
+class Counter(_Kind):
+    """A counter (its name without ``_total``; the exposition adds it, as prometheus-client's does)."""
+
+    _new = CounterSeries
+
+    def _family(self):
+        return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    @staticmethod
+    def _add(fam, labels, series) -> None:
+        fam.add_metric(labels, series.value)
+
+
+class GaugeSeries:
+    __slots__ = ("value", "fn")
+
+    def __init__(self):
+        self.value = 0.0
+        self.fn = None  # set_function: read at each scrape instead of value
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1) -> None:
+        self.value -= amount
+
+    def set(self, value: float) -> None:
+        self.value = float(value)
+
+    def set_function(self, fn) -> None:
+        self.fn = fn
+
+    def get(self) -> float:
+        return float(self.fn()) if self.fn is not None else self.value
+
+
+class Gauge(_Kind):
+    _new = GaugeSeries
+
+    def _family(self):
+        return GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    @staticmethod
+    def _add(fam, labels, series) -> None:
+        fam.add_metric(labels, series.get())
+
+
+class HistogramSeries:
+    """Counts per bucket (not cumulative: the exposition adds them up), the sum, and each bucket's
+    latest exemplar (a list made at the first one)."""
+
+    __slots__ = ("bounds", "counts", "sum", "exemplars")
+
+    def __init__(self, bounds: tuple):
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.sum = 0.0
+        self.exemplars = None
+
+    def observe(self, amount: float, exemplar: dict | None = None) -> None:
+        self.sum += amount
+        if amount != amount:  # NaN: in no bucket, as prometheus-client counts it
+            return
+        i = bisect_left(self.bounds, amount)  # the first bucket with amount <= le (+Inf is last)
+        self.counts[i] += 1
+        if exemplar:
+            if self.exemplars is None:
+                self.exemplars = [None] * len(self.bounds)
+            self.exemplars[i] = (exemplar, amount, time())
+
+
+class Histogram(_Kind):
+    def __init__(self, name: str, documentation: str, labelnames=(), registry: CollectorRegistry | None = None,
+                 *, buckets):
+        bounds = tuple(float(b) for b in buckets)
+        if list(bounds) != sorted(bounds):
+            raise ValueError(f"{name}: buckets not in order")
+        if not bounds or bounds[-1] != float("inf"):
+            bounds += (float("inf"),)
+        self.bounds = bounds
+        self._le = [floatToGoString(b) for b in bounds]
+        super().__init__(name, documentation, labelnames, registry)
+
+    def _new(self):
+        return HistogramSeries(self.bounds)
+
+    def _family(self):
+        return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def _add(self, fam, labels, series) -> None:
+        acc = 0
+        buckets = []
+        ex = series.exemplars
+        for i, le in enumerate(self._le):
+            acc += series.counts[i]
+            e = ex[i] if ex is not None else None
+            if e is not None and sum(len(k) + len(v) for k, v in e[0].items()) <= _EXEMPLAR_MAX:
+                buckets.append((le, float(acc), Exemplar(e[0], e[1], e[2])))
+            else:
+                buckets.append((le, float(acc)))
+        fam.add_metric(labels, buckets, series.sum)
+
 
 # name suffix, kind, help, labels, extra kwargs
 TABLE = (
@@ -83,19 +261,17 @@ TABLE = (
 )
 
 
-# `_created` series double every counter's series count and no dashboard here uses them
-disable_created_metrics()
-
-
 def declare(target, entries, registry: CollectorRegistry, prefix: str) -> None:
     """Create each table entry on ``registry`` as an attribute of ``target``, named by its suffix
-    (``requests_total`` → ``target.requests``: prometheus-client adds ``_total`` itself)."""
+    (``requests_total`` → ``target.requests``: the exposition adds ``_total`` itself). A labelled
+    entry is its metric (``.labels(...)`` gives a series); an unlabelled one is its one series."""
     for suffix, kind, doc, labels, kw in entries:
         name = f"{prefix}_{suffix}"
         if kind is Counter:
             name = name[: -len("_total")]
+        metric = kind(name, doc, labels, registry=registry, **kw)
         setattr(target, suffix.removesuffix("_total") if kind is Counter else suffix,
-                kind(name, doc, labels, registry=registry, **kw))
+                metric if labels else metric.series)
 
 
 class Children(dict):

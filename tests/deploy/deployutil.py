@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import yaml
-from prometheus_client import Counter, Gauge, Histogram
+from proxy.metrics import Counter, Gauge, Histogram
 
 from proxy import metrics as proxy_metrics
 

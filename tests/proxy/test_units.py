@@ -337,3 +337,59 @@ def test_uvloop_sets_tcp_nodelay_on_accepted_and_connected_sockets_so_the_proxy_
         assert not loop_sets_nodelay(plain)
     finally:
         plain.close()
+
+
+# ---------------------------------------------------------------- metric kinds
+def test_the_metric_kinds_export_what_prometheus_clients_own_kinds_export():
+    """proxy.metrics' lock-free kinds against prometheus-client's, fed the same updates: the same
+    text and OpenMetrics exposition (names, labels, bucket order and counts, sums, exemplars),
+    with every kind of edge the proxy can feed them (NaN, +Inf, an exact bound, set_function)."""
+    import prometheus_client as P
+    from prometheus_client import CollectorRegistry, exposition
+    from proxy import metrics as M
+
+    P.disable_created_metrics()
+    try:
+        outs = []
+        for kinds in ((P.Counter, P.Gauge, P.Histogram), (M.Counter, M.Gauge, M.Histogram)):
+            counter, gauge, histogram = kinds
+            reg = CollectorRegistry()
+            c = counter("t_requests", "Requests.", ("route", "code"), registry=reg)
+            c1 = counter("t_plain", "Unlabelled.", registry=reg)
+            g = gauge("t_in_flight", "In flight.", ("route",), registry=reg)
+            g1 = gauge("t_fn", "From a function.", registry=reg)
+            h = histogram("t_duration_seconds", "Durations.", ("route",), registry=reg,
+                          buckets=M.OVERHEAD_BUCKETS)
+            h1 = histogram("t_plain_seconds", "Unlabelled durations.", registry=reg, buckets=M.LATENCY_BUCKETS)
+            series = (lambda m: m) if counter is P.Counter else (lambda m: m.series)
+            c.labels("a", 200).inc()
+            c.labels("a", "200").inc(2.5)
+            c.labels("b", 503)
+            series(c1).inc(3)
+            g.labels("a").inc(4)
+            g.labels("a").dec()
+            g.labels("b").set(7)
+            g.labels("c").inc()
+            g.remove("c")
+            series(g1).set_function(lambda: 12)
+            for v, exemplar in ((0.0001, None), (0.00011, {"request_id": "r1"}), (0.3, {"trace_id": "t" * 32}),
+                                (7.0, None), (float("inf"), None), (0.0005, {"request_id": "r2"}),
+                                (0.0004, {"request_id": "r3"})):
+                h.labels("a").observe(v, exemplar)
+            h.labels("b")
+            series(h1).observe(0.02)
+            series(h1).observe(float("nan"))
+            with pytest.raises(ValueError):
+                c.labels("a", 200).inc(-1)
+            outs.append((exposition.generate_latest(reg).decode(),
+                         __import__("prometheus_client.openmetrics.exposition", fromlist=["x"])
+                         .generate_latest(reg).decode()))
+        text_p, om_p = outs[0]
+        text_m, om_m = outs[1]
+        assert text_m == text_p
+        # OpenMetrics carries the exemplars, each with the time it was observed: compare without it
+        strip = lambda s: __import__("re").sub(r"(# \{[^}]*\} \S+) \d+\.\d+", r"\1", s)  # noqa: E731
+        assert strip(om_m) == strip(om_p)
+        assert 'request_id="r3"' in om_m and 'trace_id="' in om_m
+    finally:
+        P.enable_created_metrics()

@@ -119,7 +119,7 @@ class Runtime:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self.metrics = Metrics(self.registry, cfg.metrics.prefix, __version__)
         self.access_log = AccessLog(cfg.logging.format)
-        self.records = RecordQueue(self.loop)  # ended exchanges' bookkeeping, a batch per loop turn
+        self.records = RecordQueue(self.loop, after=self.access_log.emit)  # ended exchanges' bookkeeping, a batch per loop turn
         self.pool = self._make_pool(cfg)
         self.canceller = RunCanceller(self.pool, self.metrics)
         self.websocket = WebSocketRelay(cfg.upstream.url, self.metrics, cfg.upstream.connect_timeout, self.pool.ssl)

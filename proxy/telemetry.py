@@ -29,14 +29,23 @@ class AccessLog:
 
     Lines are built with f-strings from values that are safe by construction (route names from
     config, sanitized request ids, numbers); only the method may come raw from a client and is
-    JSON-escaped when unusual. Never a body, a header value or a query string. Buffered, flushed
-    every second and at exit.
+    JSON-escaped when unusual. Never a body, a header value or a query string.
+
+    Lines wait in a list until :meth:`emit`, called after each batch of :class:`RecordQueue`
+    (the ends recorded in one loop iteration) and after a record made at once: one write for the
+    batch (at most ``PENDING`` lines wait; more are written at once). The image runs with
+    ``PYTHONUNBUFFERED=1``, so every ``write`` on stdout is a system call, which one per request
+    made under load (docs/benchmarks.md). A stream that buffers (stdout without
+    ``PYTHONUNBUFFERED``) is flushed every second and at exit.
     """
+
+    PENDING = 128
 
     def __init__(self, fmt: str = "json", stream=None):
         self.fmt = fmt
         self.out = stream or sys.stdout
         self._flusher = None
+        self._lines: list[str] = []
 
     def start(self, loop) -> None:
         self._flusher = loop.create_task(self._flush_loop())
@@ -46,7 +55,17 @@ class AccessLog:
             await asyncio.sleep(1)
             self.flush()
 
+    def emit(self) -> None:
+        """Write the lines waiting, in one write."""
+        lines, self._lines = self._lines, []
+        if lines:
+            try:
+                self.out.write("".join(lines))
+            except (OSError, ValueError):
+                pass
+
     def flush(self) -> None:
+        self.emit()
         try:
             self.out.flush()
         except (OSError, ValueError):
@@ -74,10 +93,10 @@ class AccessLog:
         else:
             line = (f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(at))} {log_escape(ex.request_id, quote=True)} {method} {route} {status} "
                     f"{duration * 1000:.1f}ms up={up} bytes={ex.req_bytes}/{ex.resp_bytes} {outcome} ended_by={who or '-'}\n")
-        try:
-            self.out.write(line)
-        except (OSError, ValueError):
-            pass
+        lines = self._lines
+        lines.append(line)
+        if len(lines) >= self.PENDING:
+            self.emit()
 
 
 class RecordQueue:
@@ -102,8 +121,9 @@ class RecordQueue:
     BATCH = 16
     LIMIT = 4096
 
-    def __init__(self, loop):
+    def __init__(self, loop, after=None):
         self.loop = loop
+        self.after = after  # called after each batch (the access log's one write for it)
         self._q = collections.deque()
         self._scheduled = False
 
@@ -131,6 +151,8 @@ class RecordQueue:
         q = self._q
         for _ in range(n):
             _run_one(*q.popleft())
+        if self.after is not None:
+            self.after()
 
     def flush(self) -> None:
         """Record everything waiting, now (a reader is about to look)."""
@@ -176,6 +198,8 @@ class Telemetry:
         llm = ex.llm.finish() if ex.llm is not None else None
         if self.records is None or ex.probe is not None:  # a probe's runner waits on its report
             self._record(ex, route, exc, verdict, children, duration, llm, None)
+            if self.access_log is not None:
+                self.access_log.emit()
         else:
             self.records.add(self._record, ex, route, exc, verdict, children, duration, llm, time.time())
 

@@ -142,7 +142,7 @@ def continue_or_start(traceparent: str | None, tracestate: str | None = None,
 def start(sample_ratio: float = 1.0) -> TraceContext:
     """A new trace: one random draw gives the trace id and the proxy's span id."""
     sampled = sample_ratio >= 1 or _rand.random() < sample_ratio
-    ids = "%048x" % (_rand.getrandbits(192) | (1 << 64) | 1)  # neither id all zero (invalid in W3C)
+    ids = (_rand.getrandbits(192) | (1 << 64) | 1).to_bytes(24, "big").hex()  # neither id all zero (invalid in W3C)
     return TraceContext(ids[:32], ids[32:], None, 1 if sampled else 0, None, True)
 
 

@@ -65,6 +65,9 @@ class BreakerState:
             throw_new_error_on_trip=False)
         self.update(settings)
         self.trial_in_flight = False
+        # closed with no failure counted, as pybreaker last said (it changes only when it is given
+        # a verdict, in record): a clean answer then has nothing to tell it, and every call passes
+        self.clean = True
         self.answers = 0           # answers the upstream gave (clean answers, streams' first events)
         self.amid_answers = 0      # failures not counted because answers came while they waited
         self.on_stream = self.stream_started  # bound once: set on every exchange it guards
@@ -105,14 +108,16 @@ class BreakerState:
 
     def record(self, failed: bool) -> None:
         """Let pybreaker count one verdict on the upstream."""
-        _record(self.cb, _CountedFailure() if failed else None)
+        cb = self.cb
+        _record(cb, _CountedFailure() if failed else None)
+        self.clean = cb.fail_counter == 0 and cb.current_state == "closed"
 
     def stream_started(self, ex) -> None:
         """A stream's first event: the upstream is answering, a success now (a long stream
         would otherwise say so only when it ends, minutes later)."""
         ex.on_stream_start = None
         self.answers += 1
-        if cb_needs_success(self.cb):
+        if not self.clean:
             self.record(False)
 
     def failed(self, ex, exc: BaseException | None) -> bool:
@@ -143,7 +148,7 @@ class Breaker:
         br = self.breakers.get(ex.route.breaker)
         if br is None:
             return self.next(request, ex)
-        if br.cb.current_state != "closed":
+        if not br.clean and br.cb.current_state != "closed":
             if not br.admit(ex.probe is not None, self.probe_may_trial):
                 self.shed.labels("breaker_open").inc()
                 raise E.BreakerOpen(br.name, br.retry_after())
@@ -174,14 +179,8 @@ class Breaker:
         elif not started and exc is None and ex.error is None:
             # a clean answer; an exchange the client or the proxy ended says nothing of the upstream
             br.answers += 1
-            if cb_needs_success(br.cb):
+            if not br.clean:  # else pybreaker has nothing to update (most requests; ~5 µs less each)
                 br.record(False)
-
-
-def cb_needs_success(cb: pybreaker.CircuitBreaker) -> bool:
-    """A closed breaker with no failures counted has nothing to update on a success: skip
-    pybreaker (most requests; same state machine, ~5 µs less each)."""
-    return cb.fail_counter != 0 or cb.current_state != "closed"
 
 
 def _record(cb: pybreaker.CircuitBreaker, exc: BaseException | None) -> None:

@@ -173,24 +173,44 @@ class RouteTable:
         self._by_method = {m: self._compile(m) for m in METHODS}
         self.names = [r.name for r in self.routes] + ["other"]
 
-    def _compile(self, method: str):
-        alts = []
-        for i, (tpl, methods) in enumerate(zip(self.templates, self._methods)):
-            if methods is None or method in methods:
-                alts.append(f"(?P<r{i}>{_template_regex(tpl)})")
-        if not alts:
+    def _compile(self, method: str) -> dict | None:
+        """One method's matchers: its templates' regexes as one alternation (first match wins),
+        split by the path's first segment so a request tries only the templates that could match
+        it (each of ~57 in turn was the single largest cost of a small GET after the metrics:
+        docs/benchmarks.md). Key: a literal first segment, with the templates that start with it
+        or with a parameter, in table order; ``None``: those starting with a parameter (any other
+        first segment); ``"/"`` (no segment holds one): all of them, for a target that does not
+        start with ``/``. None when no template takes the method."""
+        entries = [(i, tpl) for i, (tpl, methods) in enumerate(zip(self.templates, self._methods))
+                   if methods is None or method in methods]
+        if not entries:
             return None
-        return re.compile(r"(?:" + "|".join(alts) + r")/?\Z")
+
+        def rx(chosen):
+            alts = [f"(?P<r{i}>{_template_regex(tpl)})" for i, tpl in chosen]
+            return re.compile(r"(?:" + "|".join(alts) + r")/?\Z") if alts else None
+
+        first = [(i, tpl, tpl.split("/")[1]) for i, tpl in entries]  # every template starts with "/" (config)
+        out = {seg: rx([(i, tpl) for i, tpl, s in first if s == seg or s.startswith("{")])
+               for _, _, seg in first if not seg.startswith("{")}
+        out[None] = rx([(i, tpl) for i, tpl, s in first if s.startswith("{")])
+        out["/"] = rx(entries)
+        return out
 
     def match(self, method: str, path: str) -> Route:
-        rx = self._by_method.get(method)
-        if rx is None:
+        by_first = self._by_method.get(method)
+        if by_first is None:
             if method in self._by_method:
                 return self.other
-            rx = self._compile(method)
-            if rx is None:
+            by_first = self._compile(method)
+            if by_first is None:
                 return self.other
-        m = rx.match(path)
+        if path[:1] == "/":
+            end = path.find("/", 1)
+            rx = by_first.get(path[1:end] if end > 0 else path[1:], by_first[None])
+        else:
+            rx = by_first["/"]
+        m = rx.match(path) if rx is not None else None
         if m is None:
             return self.other
         return self.routes[int(m.lastgroup[1:])]

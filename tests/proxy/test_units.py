@@ -177,6 +177,42 @@ def test_route_table_first_match_methods_and_other():
     assert table(default_routes=False).match("GET", "/threads").name == "other"
 
 
+def test_route_lookup_by_first_segment_finds_what_one_regex_over_every_template_finds():
+    """The table splits its templates by the path's first segment; the first match must stay the
+    one a single alternation over every template, in table order, finds (user routes first, some
+    starting with a parameter, the root, trailing slashes, odd targets)."""
+    import itertools
+    import re
+    from proxy.metrics import METHODS
+    from proxy.routes import _template_regex
+
+    t = table(routes=[{"name": "by_tenant", "path": "/{tenant}/threads/{thread_id}", "methods": ["GET"]},
+                      {"name": "root", "path": "/"},
+                      {"name": "mine", "path": "/threads/{thread_id}/runs/stream", "methods": ["POST"]},
+                      {"name": "any_ok", "path": "/{x}/ok"}])
+    segs = ["threads", "runs", "assistants", "store", "ok", "info", "t1", "", "search", "wait", "stream",
+            "history", "state", "a.b", "%2F"]
+    paths = {"/", "//", "*", "", "threads", "/threads//runs", "//threads"}
+    for n in (1, 2, 3):
+        for combo in itertools.product(segs, repeat=n):
+            p = "/" + "/".join(combo)
+            paths.update((p, p + "/"))
+    tested = 0
+    for method in METHODS + ("BREW",):
+        alts = [f"(?P<r{i}>{_template_regex(tpl)})" for i, (tpl, ms) in enumerate(zip(t.templates, t._methods))
+                if ms is None or method in ms]
+        one = re.compile(r"(?:" + "|".join(alts) + r")/?\Z") if alts else None
+        for p in paths:
+            m = one.match(p) if one is not None else None
+            want = t.routes[int(m.lastgroup[1:])].name if m else "other"
+            assert t.match(method, p).name == want, (method, p)
+            tested += want != "other"
+    assert tested > 1000  # the paths reach many routes, not just "other"
+    assert t.match("GET", "/acme/threads/t1").name == "by_tenant"
+    assert t.match("POST", "/threads/t1/runs/stream").name == "mine"
+    assert t.match("GET", "/").name == "root" and t.match("GET", "/info/ok").name == "any_ok"
+
+
 def test_built_in_routes_are_unique_and_overridable_by_name():
     names = [r.name for r in LANGGRAPH_ROUTES]
     assert len(names) == len(set(names))

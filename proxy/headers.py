@@ -10,6 +10,8 @@ import os
 import re
 from itertools import count
 
+from .metrics import EXEMPLAR_MAX
+
 # RFC 9110 §7.6.1 hop-by-hop fields, plus the framing fields the proxy rewrites itself.
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"proxy-authorization",
@@ -25,8 +27,8 @@ DOWN_STRIP = HOP_BY_HOP | _DOWN_REWRITTEN  # response headers the client never g
 URL_HEADERS = frozenset({b"location", b"content-location"})  # rewritten by client_url()
 
 # A client's id is kept when it is printable ASCII and short enough to be an exemplar label:
-# Prometheus caps an exemplar's label set at 128 characters, "request_id" takes 10 of them.
-REQUEST_ID_MAX = 118
+# OpenMetrics caps an exemplar's label set (names and values), "request_id" takes 10 of them.
+REQUEST_ID_MAX = EXEMPLAR_MAX - len("request_id")
 _REQUEST_ID_OK = re.compile(rb"^[\x20-\x7e]{1,%d}$" % REQUEST_ID_MAX)
 _LOG_PLAIN = re.compile(r"^[A-Za-z0-9._:@/+=-]*$")
 _ID_PREFIX = os.urandom(6).hex()

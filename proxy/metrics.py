@@ -55,7 +55,7 @@ LIMIT_NAMES = ("max_concurrent_requests", "max_concurrent_streams", "max_connect
 # (``collect`` builds the samples its own kind would: names, labels, bucket order, exemplars; no
 # ``_created`` series, which would double every counter's series and no dashboard here reads).
 
-_EXEMPLAR_MAX = 128  # OpenMetrics: an exemplar's label names and values, in characters
+EXEMPLAR_MAX = 128  # OpenMetrics: an exemplar's label names and values, in characters
 
 
 class _Kind:
@@ -209,7 +209,7 @@ class Histogram(_Kind):
         for i, le in enumerate(self._le):
             acc += series.counts[i]
             e = ex[i] if ex is not None else None
-            if e is not None and sum(len(k) + len(v) for k, v in e[0].items()) <= _EXEMPLAR_MAX:
+            if e is not None and sum(len(k) + len(v) for k, v in e[0].items()) <= EXEMPLAR_MAX:
                 buckets.append((le, float(acc), Exemplar(e[0], e[1], e[2])))
             else:
                 buckets.append((le, float(acc)))

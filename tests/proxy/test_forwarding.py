@@ -336,6 +336,29 @@ async def test_access_log_line_per_request_without_secrets(proxy, upstream, sess
     assert "sk-topsecret" not in everything and "s3cret" not in everything and "abc" not in json.dumps(line)
 
 
+async def test_access_log_lines_of_a_burst_are_whole_one_per_request(proxy, upstream, session):
+    """The lines of one record batch are written together (AccessLog.emit): 400 requests at once
+    still give one whole JSON line each, none split or merged, and the last ones come out without
+    waiting for more traffic."""
+    ids = [f"burst-{i}" for i in range(400)]
+
+    async def one(rid):
+        async with session.get(proxy.url + "/ok", headers={"X-Request-ID": rid}) as r:
+            assert r.status == 200
+            await r.read()
+
+    await asyncio.gather(*(one(rid) for rid in ids))
+    for _ in range(50):
+        raw = proxy.stdout()
+        if raw.count('"request_id":"burst-') >= len(ids):
+            break
+        await asyncio.sleep(0.05)
+    burst = [line for line in raw.splitlines() if '"request_id":"burst-' in line]
+    parsed = [json.loads(line) for line in burst]  # every line whole JSON on its own
+    assert sorted(x["request_id"] for x in parsed) == sorted(ids)
+    assert all(x["status"] == 200 and x["route"] == "ok" for x in parsed)
+
+
 class _UrlBuilder:
     """An upstream that, like langgraph-api, builds absolute URLs from the Host it receives and
     names itself in Server; mounted under /base so the sidecar's upstream.url carries a path."""

@@ -191,8 +191,8 @@ class RouteTable:
             return re.compile(r"(?:" + "|".join(alts) + r")/?\Z") if alts else None
 
         first = [(i, tpl, tpl.split("/")[1]) for i, tpl in entries]  # every template starts with "/" (config)
-        out = {seg: rx([(i, tpl) for i, tpl, s in first if s == seg or s.startswith("{")])
-               for _, _, seg in first if not seg.startswith("{")}
+        literal = dict.fromkeys(seg for _, _, seg in first if not seg.startswith("{"))  # each once, in order
+        out = {seg: rx([(i, tpl) for i, tpl, s in first if s == seg or s.startswith("{")]) for seg in literal}
         out[None] = rx([(i, tpl) for i, tpl, s in first if s.startswith("{")])
         out["/"] = rx(entries)
         return out

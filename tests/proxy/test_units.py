@@ -3,16 +3,22 @@ retry budget, the buffer budget. Time is injected where it matters; nothing here
 from __future__ import annotations
 
 import asyncio
+import itertools
+import re
 
+import prometheus_client as P
 import pytest
+from prometheus_client import CollectorRegistry, exposition
+from prometheus_client.openmetrics import exposition as om_exposition
 
 from proxy import config as C
 from proxy import errors as E
+from proxy import metrics as M
 from proxy.exchange import Exchange
 from proxy.forward import BufferBudget
 from proxy.outcome import IDEMPOTENT, culprit, ending, retryable, upstream_failed
 from proxy.policies.retry import RetryBudget
-from proxy.routes import LANGGRAPH_ROUTES, RouteTable
+from proxy.routes import LANGGRAPH_ROUTES, RouteTable, _template_regex
 from proxy.sse import SSEScanner, event_data
 
 
@@ -181,11 +187,6 @@ def test_route_lookup_by_first_segment_finds_what_one_regex_over_every_template_
     """The table splits its templates by the path's first segment; the first match must stay the
     one a single alternation over every template, in table order, finds (user routes first, some
     starting with a parameter, the root, trailing slashes, odd targets)."""
-    import itertools
-    import re
-    from proxy.metrics import METHODS
-    from proxy.routes import _template_regex
-
     t = table(routes=[{"name": "by_tenant", "path": "/{tenant}/threads/{thread_id}", "methods": ["GET"]},
                       {"name": "root", "path": "/"},
                       {"name": "mine", "path": "/threads/{thread_id}/runs/stream", "methods": ["POST"]},
@@ -198,7 +199,7 @@ def test_route_lookup_by_first_segment_finds_what_one_regex_over_every_template_
             p = "/" + "/".join(combo)
             paths.update((p, p + "/"))
     tested = 0
-    for method in METHODS + ("BREW",):
+    for method in M.METHODS + ("BREW",):
         alts = [f"(?P<r{i}>{_template_regex(tpl)})" for i, (tpl, ms) in enumerate(zip(t.templates, t._methods))
                 if ms is None or method in ms]
         one = re.compile(r"(?:" + "|".join(alts) + r")/?\Z") if alts else None
@@ -380,10 +381,6 @@ def test_the_metric_kinds_export_what_prometheus_clients_own_kinds_export():
     """proxy.metrics' lock-free kinds against prometheus-client's, fed the same updates: the same
     text and OpenMetrics exposition (names, labels, bucket order and counts, sums, exemplars),
     with every kind of edge the proxy can feed them (NaN, +Inf, an exact bound, set_function)."""
-    import prometheus_client as P
-    from prometheus_client import CollectorRegistry, exposition
-    from proxy import metrics as M
-
     P.disable_created_metrics()
     try:
         outs = []
@@ -417,15 +414,13 @@ def test_the_metric_kinds_export_what_prometheus_clients_own_kinds_export():
             series(h1).observe(float("nan"))
             with pytest.raises(ValueError):
                 c.labels("a", 200).inc(-1)
-            outs.append((exposition.generate_latest(reg).decode(),
-                         __import__("prometheus_client.openmetrics.exposition", fromlist=["x"])
-                         .generate_latest(reg).decode()))
+            outs.append((exposition.generate_latest(reg).decode(), om_exposition.generate_latest(reg).decode()))
         text_p, om_p = outs[0]
         text_m, om_m = outs[1]
         assert text_m == text_p
         # OpenMetrics carries the exemplars, each with the time it was observed: compare without it
-        strip = lambda s: __import__("re").sub(r"(# \{[^}]*\} \S+) \d+\.\d+", r"\1", s)  # noqa: E731
-        assert strip(om_m) == strip(om_p)
+        no_time = re.compile(r"(# \{[^}]*\} \S+) \d+\.\d+")
+        assert no_time.sub(r"\1", om_m) == no_time.sub(r"\1", om_p)
         assert 'request_id="r3"' in om_m and 'trace_id="' in om_m
     finally:
         P.enable_created_metrics()

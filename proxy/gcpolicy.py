@@ -13,12 +13,12 @@ So, per process:
 - start-up objects (modules, config, the metric registry) are frozen, never scanned again;
 - the young generations are collected as CPython does, in small batches (``YOUNG_THRESHOLDS``): a
   young collection scans only what was allocated since the last one, so it stays short however many
-  streams live. What a new stream keeps is scanned once in the youngest generation and once in the
-  middle one, whatever the thresholds, yet smaller batches cost less in all (measured; likely
+  streams live. What a new stream keeps is scanned at most once in the youngest generation and once
+  in the middle one, whatever the thresholds, yet smaller batches cost less in all (measured; likely
   because a small batch is scanned while it is still in the CPU's cache).
-  (500, 1) instead of (1000, 10) took the collections' time in a 9,328-stream ramp from 0.16-0.18 s
-  to ~0.10 s and their longest pause from 5-9 ms to ~1 ms (docs/benchmarks.md, "Smaller young
-  collections");
+  (500, 1) instead of (1000, 10) took the collections' time in a 9,328-stream ramp from 0.14-0.20 s
+  to 0.08-0.11 s and their longest pause from 4-9 ms to 1-2 ms in most ramps (docs/benchmarks.md,
+  "Smaller young collections");
 - the full collection never runs automatically: it runs every ``server.gc_full_interval`` (10 min),
   and only when anything reached the old generation since the last one. The cyclic garbage the proxy
   can hold is what it made in one interval; the pause is taken once per interval, not per burst.
